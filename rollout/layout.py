@@ -100,7 +100,9 @@ class Eviction:
 
 
 @dataclass
-class _Block:
+class Block:
+    """Positions of one block's delimiters (None until seen)."""
+
     start: int
     end: int | None = None
     summary_start: int | None = None
@@ -118,10 +120,10 @@ class LayoutTracker:
     def __init__(self, cfg: MementoConfig):
         self.cfg = cfg
         self.position = 0
-        self._blocks: list[_Block] = []  # every block seen, in opening order
-        self._open: list[_Block] = []  # stack of open blocks
-        self._summary_of: _Block | None = None  # block whose memento is being written
-        self._pending: list[_Block] = []  # closed blocks with a finished memento, oldest first
+        self._blocks: list[Block] = []  # every block seen, in opening order
+        self._open: list[Block] = []  # stack of open blocks
+        self._summary_of: Block | None = None  # block whose memento is being written
+        self._pending: list[Block] = []  # closed blocks with a finished memento, oldest first
         self.evictions: list[Eviction] = []
 
     def feed(self, token_id: int) -> list[Eviction]:
@@ -131,7 +133,7 @@ class LayoutTracker:
         if token_id == cfg.block_start:
             if cfg.keep_last_block_for_answer and self._pending:
                 due.append(self._evict_oldest(pos))
-            block = _Block(start=pos)
+            block = Block(start=pos)
             self._blocks.append(block)
             self._open.append(block)
         elif token_id == cfg.block_end:
@@ -160,6 +162,11 @@ class LayoutTracker:
         for token_id in token_ids:
             due.extend(self.feed(int(token_id)))
         return due
+
+    @property
+    def completed_blocks(self) -> list[Block]:
+        """Blocks with a finished memento, in opening order."""
+        return [b for b in self._blocks if b.summary_end is not None]
 
     @property
     def open_block_start(self) -> int | None:
@@ -208,6 +215,24 @@ def packed_evict_at(sequences: Sequence[Sequence[int]], cfg: MementoConfig
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(parts), np.concatenate(positions)
+
+
+def memento_stats(token_ids: Sequence[int], cfg: MementoConfig, start: int = 0) -> dict[str, float]:
+    """Blocks with a memento that open at or after `start` (e.g. the prompt length).
+
+    Returns blocks (count), block_tokens and memento_tokens (means over those blocks, content
+    only, delimiters excluded) and compression (block tokens over memento tokens, summed).
+    """
+    tracker = LayoutTracker(cfg)
+    tracker.feed_many(int(t) for t in token_ids)
+    blocks = [b for b in tracker.completed_blocks if b.start >= start]
+    block_tokens = [b.end - b.start - 1 for b in blocks]
+    memento_tokens = [b.summary_end - b.summary_start - 1 for b in blocks]
+    n = len(blocks)
+    return {"blocks": n,
+            "block_tokens": sum(block_tokens) / n if n else 0.0,
+            "memento_tokens": sum(memento_tokens) / n if n else 0.0,
+            "compression": sum(block_tokens) / max(sum(memento_tokens), 1) if n else 0.0}
 
 
 def live_tokens(evict_at: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout.layout import (LayoutTracker, MementoConfig, evict_at, kv_bytes_per_token, kv_stats,
+                            memento_stats,
                             live_tokens, packed_evict_at)
 
 BS, BE, SS, SE = 100, 101, 102, 103
@@ -226,3 +227,12 @@ def test_config_from_tokenizer(tiny_model_dir):
     assert (evict_at(ids, cfg) < len(ids)).sum() == 0  # the only block is kept (N=1)
     ev = evict_at(ids, cfg.replace(keep_last_n_blocks=0))
     assert (ev < len(ids)).sum() == 3  # the three content bytes "1+1"
+
+
+def test_memento_stats_counts_blocks_after_start():
+    toks = [BS, 1, BE, SS, 2, SE,  # prompt block, not counted with start=6
+            BS, 1, 1, 1, 1, BE, SS, 2, SE, BS, 1, 1, BE, SS, 2, 2, SE, BS, 1]
+    stats = memento_stats(toks, CFG, start=6)
+    # blocks of 4 and 2 content tokens, mementos of 1 and 2: compression 6 / 3
+    assert stats == {"blocks": 2, "block_tokens": 3.0, "memento_tokens": 1.5, "compression": 2.0}
+    assert memento_stats([1, 2], CFG)["blocks"] == 0
