@@ -1,0 +1,316 @@
+"""RL prompt data: verl-format files -> tokenised prompts -> an exactly resumable batch stream.
+
+A row holds `prompt` (chat messages `{role, content}`), `data_source` (str), `reward_model`
+(`{"ground_truth": ..., "style": ...}`) and optionally `extra_info` (dict), as in verl's
+`RLHFDataset`. Files are `.parquet` or `.jsonl`. Every row is validated and tokenised when the
+dataset is built, so a malformed row fails (or is skipped and counted, `on_bad_row="skip"`) before
+training starts, never in the middle of a run.
+
+    dataset = load_prompts(["train.parquet"], tokenizer, max_prompt_length=1024)
+    loader = PromptLoader(dataset, batch_size=240, seed=0)
+    prompts = loader.next_batch()            # list[PromptExample]
+    state = loader.state_dict()              # JSON-able; load_state_dict(state) resumes exactly
+
+`builtin:arith` and `builtin:arith_val` in a file list stand for the built-in arithmetic task
+(`rl.tasks`), generated into `data_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
+
+OnBadRow = Literal["raise", "skip"]
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A malformed file or row; the message names the file and the 0-based row."""
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One validated verl row, before tokenisation."""
+
+    messages: list[dict[str, str]]  # chat messages, each {"role": ..., "content": ...}
+    data_source: str
+    ground_truth: Any  # as stored: a str for math, a test spec for code (rewards/ parses it)
+    extra_info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A tokenised prompt ready for rollout. `index` is its position in the PromptDataset."""
+
+    index: int
+    prompt_ids: list[int]
+    data_source: str
+    ground_truth: Any
+    extra_info: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Raw rows of a .jsonl or .parquet file (a line that is not a JSON object raises DataError)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: row {len(rows)} (line {i + 1}) is not JSON: {e}") from e
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: row {len(rows)} (line {i + 1}) is not a JSON object")
+                rows.append(row)
+        return rows
+    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .parquet or .jsonl)")
+
+
+def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as JSON lines (atomically: temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_parquet(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as a parquet table (nested dicts become structs, as verl's files have)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+    tmp.replace(path)
+    return path
+
+
+def parse_prompt_row(row: dict[str, Any], where: str) -> PromptRow:
+    """Validate one verl row; `where` ("file: row i") prefixes every error."""
+    messages = row.get("prompt")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'prompt' must be a non-empty list of chat messages, "
+                        f"got {type(messages).__name__}")
+    for k, m in enumerate(messages):
+        if (not isinstance(m, dict) or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: prompt[{k}] must be {{'role': str, 'content': str}}, got {m!r}")
+    data_source = row.get("data_source")
+    if not isinstance(data_source, str) or not data_source:
+        raise DataError(f"{where}: 'data_source' must be a non-empty string, got {data_source!r}")
+    reward_model = row.get("reward_model")
+    if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
+        raise DataError(f"{where}: 'reward_model' must be a dict with a 'ground_truth', "
+                        f"got {reward_model!r}")
+    extra_info = row.get("extra_info") or {}
+    if not isinstance(extra_info, dict):
+        raise DataError(f"{where}: 'extra_info' must be a dict, got {type(extra_info).__name__}")
+    return PromptRow(
+        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+        data_source=data_source, ground_truth=reward_model["ground_truth"], extra_info=extra_info)
+
+
+def parse_files(files: Sequence[str | Path], parse: Callable[[dict[str, Any], str], T],
+                on_bad_row: OnBadRow) -> tuple[list[T], list[str]]:
+    """`parse(row, "file: row i")` over every row of every file.
+
+    Returns the parsed rows and the errors of the rows skipped (only with on_bad_row="skip";
+    with "raise" the first DataError propagates).
+    """
+    if on_bad_row not in ("raise", "skip"):
+        raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {on_bad_row!r}")
+    parsed, errors = [], []
+    for path in files:
+        for i, row in enumerate(read_rows(path)):
+            try:
+                parsed.append(parse(row, f"{path}: row {i}"))
+            except DataError as e:
+                if on_bad_row == "raise":
+                    raise
+                errors.append(str(e))
+    return parsed, errors
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class PromptDataset:
+    """Validated, chat-templated, length-filtered prompts, all tokenised at construction.
+
+    Args:
+        files: .parquet / .jsonl paths in verl format.
+        tokenizer: a Hugging Face tokenizer with a chat template.
+        max_prompt_length: prompts longer than this (in tokens, template included) are dropped
+            when `filter_overlong`, else raise DataError.
+        on_bad_row: "raise" stops at the first malformed row naming file and row; "skip" drops
+            it and counts it in `num_skipped`.
+
+    Attributes:
+        num_filtered: prompts dropped for length. num_skipped: malformed rows dropped, with
+        their errors in `skipped`.
+    """
+
+    def __init__(self, files: Sequence[str | Path], tokenizer, max_prompt_length: int,
+                 filter_overlong: bool = True, on_bad_row: OnBadRow = "raise"):
+        self.files = [Path(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+        self.max_prompt_length = max_prompt_length
+        self.num_filtered = 0
+
+        rows, self.skipped = parse_files(self.files, parse_prompt_row, on_bad_row)
+        self.num_skipped = len(self.skipped)
+        if not rows:
+            raise DataError(f"no valid prompt rows in {[str(f) for f in self.files]}")
+
+        texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,
+                                               tokenize=False) for r in rows]
+        all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.examples: list[PromptExample] = []
+        for row, ids in zip(rows, all_ids):
+            if len(ids) > max_prompt_length:
+                if not filter_overlong:
+                    raise DataError(f"a prompt has {len(ids)} tokens > max_prompt_length="
+                                    f"{max_prompt_length} (filter_overlong=False): "
+                                    f"{row.messages[-1]['content'][:80]!r}")
+                self.num_filtered += 1
+                continue
+            self.examples.append(PromptExample(len(self.examples), list(ids), row.data_source,
+                                               row.ground_truth, row.extra_info))
+        if not self.examples:
+            raise DataError(f"all {len(rows)} prompts exceed max_prompt_length={max_prompt_length}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> PromptExample:
+        return self.examples[i]
+
+    def summary(self) -> str:
+        """One line for the log: kept, filtered for length, skipped as malformed."""
+        return (f"{len(self)} prompts from {len(self.files)} file(s); {self.num_filtered} longer "
+                f"than {self.max_prompt_length} tokens filtered; {self.num_skipped} malformed "
+                "rows skipped")
+
+
+def resolve_files(files: Sequence[str], data_dir: str | Path | None) -> list[Path]:
+    """Paths as given, with `builtin:<name>` entries generated into `data_dir` (rl.tasks)."""
+    paths = []
+    for f in files:
+        if str(f).startswith("builtin:"):
+            if data_dir is None:
+                raise DataError(f"{f!r} needs a data_dir to generate into")
+            from rl.tasks import write_builtin  # rl.tasks imports this module
+
+            paths.append(write_builtin(str(f).removeprefix("builtin:"), data_dir))
+        else:
+            paths.append(Path(f))
+    return paths
+
+
+def load_prompts(files: Sequence[str], tokenizer, max_prompt_length: int,
+                 data_dir: str | Path | None = None, filter_overlong: bool = True,
+                 on_bad_row: OnBadRow = "raise", verbose: bool = True) -> PromptDataset:
+    """PromptDataset over `files` (builtin:* resolved into data_dir); prints its summary."""
+    dataset = PromptDataset(resolve_files(files, data_dir), tokenizer, max_prompt_length,
+                            filter_overlong=filter_overlong, on_bad_row=on_bad_row)
+    if verbose:
+        print(dataset.summary(), flush=True)
+    return dataset
+
+
+# ---------------------------------------------------------------------------- loader
+
+
+class PromptLoader:
+    """Endless batches over epochs, reshuffled per epoch from (seed, epoch), exactly resumable.
+
+    The state is (epoch, batches already taken in that epoch). After the last batch of an epoch
+    the state moves to (epoch + 1, 0), so a checkpoint taken at an epoch boundary resumes with the
+    next epoch's first batch: nothing is skipped or repeated. With `drop_last` the tail of each
+    epoch's permutation (len % batch_size prompts, a different set each epoch) is not used that
+    epoch; without it the last batch of an epoch is smaller.
+    """
+
+    def __init__(self, dataset: Sequence[PromptExample], batch_size: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if drop_last and len(dataset) < batch_size:
+            raise ValueError(f"dataset has {len(dataset)} prompts, fewer than batch_size="
+                             f"{batch_size} (with drop_last=True no batch could be formed)")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._order = self._epoch_order(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.dataset)))
+        if self.shuffle:
+            # A str seed is hashed (sha512) by random.Random: stable across Python versions.
+            random.Random(f"prompt-loader:{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self) -> list[PromptExample]:
+        start = self.batch_in_epoch * self.batch_size
+        batch = [self.dataset[i] for i in self._order[start:start + self.batch_size]]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._order = self._epoch_order(self.epoch)
+        return batch
+
+    def __iter__(self) -> Iterator[list[PromptExample]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int | bool]:
+        """JSON-able position plus what it depends on (checked on load)."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "dataset_size": len(self.dataset), "batch_size": self.batch_size,
+                "seed": self.seed, "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict[str, int | bool]) -> None:
+        """Resume at `state`; refuses a state from a different dataset size or batching, which
+        would silently skip or repeat prompts."""
+        for key in ("dataset_size", "batch_size", "seed", "shuffle", "drop_last"):
+            mine = len(self.dataset) if key == "dataset_size" else getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"loader state has {key}={state[key]!r} but this loader has "
+                                 f"{mine!r}; resuming would not continue the same data stream")
+        if not 0 <= state["batch_in_epoch"] < self.batches_per_epoch:
+            raise ValueError(f"loader state batch_in_epoch={state['batch_in_epoch']} is outside "
+                             f"[0, {self.batches_per_epoch})")
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._order = self._epoch_order(self.epoch)

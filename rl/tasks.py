@@ -1,0 +1,223 @@
+"""The built-in task: multi-step arithmetic with a running result, solved block by block.
+
+    Start with 7. Add 5. Multiply by 3. Subtract 4. What is the result?
+
+Each reasoning block does one step (or `steps_per_block` steps) and checks it; its memento
+("After step 2: 36") carries the running value forward, so the next block needs only the prompt
+and the mementos: the block can be evicted without losing anything. That makes the task a small,
+exact test of the memento method, and its difficulty is set by the number of steps and the
+operand range. Answers are exact integers (division only when it divides evenly), scored by the
+math verifier from `\\boxed{N}` after `</think>`.
+
+    python -m rl.tasks out/     # writes arith_{train,val}.jsonl (RL) and arith_sft_{train,val}.jsonl
+
+`write_builtin` backs the `builtin:arith` / `builtin:arith_val` entries of `data.train_files`.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rl.data import write_jsonl
+from rl.sft_data import render_memento
+
+Op = Literal["add", "sub", "mul", "div"]
+DATA_SOURCE = "memento_arith"
+INSTRUCTION = "Put your final answer in \\boxed{}."
+
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_INVERSE = {"add": "sub", "sub": "add", "mul": "div", "div": "mul"}
+_PHRASE = {"add": "Add {}.", "sub": "Subtract {}.", "mul": "Multiply by {}.", "div": "Divide by {}."}
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Difficulty. Steps are drawn from [min_steps, max_steps], operands from [1, operand_max]
+    (multiplier / divisor from [2, operand_max]); a step that would leave |value| > value_max is
+    redrawn."""
+
+    min_steps: int = 2
+    max_steps: int = 4
+    operand_max: int = 9
+    start_max: int = 9
+    value_max: int = 999
+    ops: tuple[Op, ...] = ("add", "sub", "mul", "div")
+    steps_per_block: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps}, "
+                             f"{self.max_steps}")
+        if self.operand_max < 2 or self.start_max < 1 or self.value_max < self.operand_max:
+            raise ValueError("need operand_max >= 2, start_max >= 1, value_max >= operand_max")
+        if not self.ops or not set(self.ops) <= set(_SYMBOL) or set(self.ops) == {"div"}:
+            raise ValueError(f"ops must be a non-empty subset of {sorted(_SYMBOL)} other than "
+                             f"just 'div', got {self.ops}")
+        if self.steps_per_block < 1:
+            raise ValueError(f"steps_per_block must be >= 1, got {self.steps_per_block}")
+
+
+@dataclass(frozen=True)
+class ArithStep:
+    op: Op
+    operand: int
+
+    def apply(self, value: int) -> int:
+        if self.op == "add":
+            return value + self.operand
+        if self.op == "sub":
+            return value - self.operand
+        if self.op == "mul":
+            return value * self.operand
+        assert value % self.operand == 0, "division steps are generated only when exact"
+        return value // self.operand
+
+
+@dataclass(frozen=True)
+class ArithProblem:
+    start: int
+    steps: tuple[ArithStep, ...]
+
+    @property
+    def values(self) -> list[int]:
+        """Running value after each step: values[k] after step k + 1."""
+        out, value = [], self.start
+        for step in self.steps:
+            value = step.apply(value)
+            out.append(value)
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.values[-1]
+
+    @property
+    def question(self) -> str:
+        phrases = " ".join(_PHRASE[s.op].format(s.operand) for s in self.steps)
+        return f"Start with {self.start}. {phrases} What is the result?"
+
+
+def _draw_step(rng: random.Random, value: int, cfg: ArithConfig) -> ArithStep | None:
+    """A step whose result stays within value_max; None if 100 draws found none (e.g. only
+    'mul' and 'div' ops from a large prime)."""
+    for _ in range(100):
+        op = rng.choice(cfg.ops)
+        low = 2 if op in ("mul", "div") else 1
+        if op == "div":
+            divisors = [d for d in range(low, cfg.operand_max + 1) if value % d == 0]
+            if value == 0 or not divisors:
+                continue
+            step = ArithStep(op, rng.choice(divisors))
+        else:
+            step = ArithStep(op, rng.randint(low, cfg.operand_max))
+        if abs(step.apply(value)) <= cfg.value_max:
+            return step
+    return None
+
+
+def generate_problems(n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -> list[ArithProblem]:
+    """`n` distinct problems, deterministic in (n, seed, cfg): a prefix of a longer list."""
+    rng = random.Random(f"memento-arith:{seed}")
+    problems: list[ArithProblem] = []
+    seen: set[ArithProblem] = set()
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems from {cfg}")
+        value = rng.randint(1, cfg.start_max)
+        start, steps = value, []
+        for _ in range(rng.randint(cfg.min_steps, cfg.max_steps)):
+            step = _draw_step(rng, value, cfg)
+            if step is None:
+                break
+            steps.append(step)
+            value = step.apply(value)
+        problem = ArithProblem(start, tuple(steps))
+        if len(steps) >= cfg.min_steps and problem not in seen:
+            seen.add(problem)
+            problems.append(problem)
+    return problems
+
+
+# ----------------------------------------------------------------------------- traces
+
+
+def _step_text(k: int, step: ArithStep, before: int, after: int) -> str:
+    sym, inv = _SYMBOL[step.op], _SYMBOL[_INVERSE[step.op]]
+    return (f"Step {k}: {before} {sym} {step.operand} = {after}. "
+            f"Check: {after} {inv} {step.operand} = {before}. ")
+
+
+def solution_trace(problem: ArithProblem, steps_per_block: int = 1) -> str:
+    """Memento-format solution: one block per `steps_per_block` steps, each memento the state.
+
+    A block states the value it starts from (read from the previous memento), does its steps
+    with an inverse check, and ends with the new value; the memento is "After step k: v".
+    Blocks are ~4x longer than mementos. The answer follows `</think>` as \\boxed{N}.
+    """
+    values = [problem.start, *problem.values]
+    blocks, mementos = [], []
+    for first in range(0, len(problem.steps), steps_per_block):
+        last = min(first + steps_per_block, len(problem.steps))
+        text = f"Value is {values[first]}. "
+        for k in range(first, last):
+            text += _step_text(k + 1, problem.steps[k], values[k], values[k + 1])
+        blocks.append(text + f"Now {values[last]}.")
+        mementos.append(f"After step {last}: {values[last]}")
+    return render_memento(blocks, mementos, f"\\boxed{{{problem.answer}}}")
+
+
+def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
+    """A verl-format prompt row (the on-disk schema rl.data reads)."""
+    return {
+        "prompt": [{"role": "user", "content": f"{problem.question} {INSTRUCTION}"}],
+        "data_source": DATA_SOURCE,
+        "reward_model": {"ground_truth": str(problem.answer), "style": "rule"},
+        "extra_info": {"split": split, "index": index, "num_steps": len(problem.steps)},
+    }
+
+
+def sft_row(problem: ArithProblem, steps_per_block: int = 1) -> dict:
+    """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.sft_data reads."""
+    return {"problem": f"{problem.question} {INSTRUCTION}",
+            "response": solution_trace(problem, steps_per_block)}
+
+
+@dataclass(frozen=True)
+class ArithFiles:
+    rl_train: Path
+    rl_val: Path
+    sft_train: Path
+    sft_val: Path
+
+
+def write_arith_datasets(out_dir: str | Path, n_train: int = 2000, n_val: int = 200,
+                         seed: int = 0, cfg: ArithConfig = ArithConfig()) -> ArithFiles:
+    """RL and SFT jsonl files; the validation problems never occur in the training files."""
+    out_dir = Path(out_dir)
+    problems = generate_problems(n_val + n_train, seed, cfg)  # distinct, so the splits are disjoint
+    splits = {"val": problems[:n_val], "train": problems[n_val:]}
+    files = {}
+    for split, items in splits.items():
+        files[f"rl_{split}"] = write_jsonl(
+            [rl_row(p, i, split) for i, p in enumerate(items)], out_dir / f"arith_{split}.jsonl")
+        files[f"sft_{split}"] = write_jsonl(
+            [sft_row(p, cfg.steps_per_block) for p in items], out_dir / f"arith_sft_{split}.jsonl")
+    return ArithFiles(**files)
+
+
+def write_builtin(name: str, data_dir: str | Path) -> Path:
+    """Path of the built-in RL file `name` ("arith" or "arith_val") with default settings."""
+    known = {"arith": "rl_train", "arith_val": "rl_val"}
+    if name not in known:
+        raise ValueError(f"unknown builtin dataset {name!r}; known: {sorted(known)}")
+    return getattr(write_arith_datasets(data_dir), known[name])
+
+
+if __name__ == "__main__":
+    print(write_arith_datasets(sys.argv[1] if len(sys.argv) > 1 else "data/arith"))

@@ -1,0 +1,141 @@
+"""rl.tasks: the arithmetic task's problems, exact answers, memento traces and dataset files."""
+
+import re
+
+import pytest
+from transformers import AutoTokenizer
+
+from rewards.math import score_math
+from rl.data import PromptDataset, read_rows
+from rl.sft_data import SFTDataset, check_memento_response
+from rl.tasks import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
+                      solution_trace, write_arith_datasets)
+from rollout.layout import MementoConfig, evict_at, memento_stats
+
+_PHRASES = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def solve_from_text(question: str) -> int:
+    """Independent solver: reads the question text and evaluates it with Python ints."""
+    value = int(re.match(r"Start with (\d+)\.", question).group(1))
+    for verb, operand in _PHRASES.findall(question):
+        operand = int(operand)
+        if verb == "Add":
+            value += operand
+        elif verb == "Subtract":
+            value -= operand
+        elif verb == "Multiply by":
+            value *= operand
+        else:
+            assert value % operand == 0, f"inexact division in {question!r}"
+            value //= operand
+    return value
+
+
+def test_hand_worked_problem():
+    # 7 + 5 = 12; 12 * 3 = 36; 36 - 4 = 32; 32 / 8 = 4
+    problem = ArithProblem(7, (ArithStep("add", 5), ArithStep("mul", 3), ArithStep("sub", 4),
+                               ArithStep("div", 8)))
+    assert problem.question == ("Start with 7. Add 5. Multiply by 3. Subtract 4. Divide by 8. "
+                                "What is the result?")
+    assert problem.values == [12, 36, 32, 4] and problem.answer == 4
+
+
+def test_hand_worked_trace():
+    problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("div", 2)))
+    assert solution_trace(problem) == (
+        "<think>\n"
+        "<|block_start|>Value is 9. Step 1: 9 - 3 = 6. Check: 6 + 3 = 9. Now 6.<|block_end|>\n"
+        "<|summary_start|>After step 1: 6<|summary_end|>\n"
+        "<|block_start|>Value is 6. Step 2: 6 / 2 = 3. Check: 3 * 2 = 6. Now 3.<|block_end|>\n"
+        "<|summary_start|>After step 2: 3<|summary_end|>\n"
+        "</think>\n\\boxed{3}")
+
+
+def test_generation_is_deterministic_distinct_and_prefix_stable():
+    problems = generate_problems(300, seed=5)
+    assert problems == generate_problems(300, seed=5)
+    assert problems[:50] == generate_problems(50, seed=5)
+    assert len(set(problems)) == 300
+    assert problems != generate_problems(300, seed=6)
+
+
+@pytest.mark.parametrize("cfg", [ArithConfig(), ArithConfig(min_steps=6, max_steps=8,
+                                                            operand_max=20, value_max=5000),
+                                 ArithConfig(ops=("add", "sub"), min_steps=1, max_steps=1)])
+def test_answers_are_exact_and_difficulty_is_respected(cfg):
+    for problem in generate_problems(100, seed=1, cfg=cfg):
+        assert solve_from_text(problem.question) == problem.answer
+        assert cfg.min_steps <= len(problem.steps) <= cfg.max_steps
+        assert all(abs(v) <= cfg.value_max for v in problem.values)
+        assert all(1 <= s.operand <= cfg.operand_max and s.op in cfg.ops for s in problem.steps)
+
+
+def test_asking_for_more_problems_than_exist_fails_clearly():
+    # One add/sub step from a start in 1..9 with an operand in 1..9: 9 * 2 * 9 = 162 problems.
+    cfg = ArithConfig(ops=("add", "sub"), min_steps=1, max_steps=1)
+    assert len(generate_problems(162, cfg=cfg)) == 162
+    with pytest.raises(ValueError, match="cannot draw 163 distinct problems"):
+        generate_problems(163, cfg=cfg)
+
+
+@pytest.mark.parametrize("steps_per_block", [1, 2])
+def test_traces_are_memento_well_formed_and_every_block_is_evicted(tokenizer, steps_per_block):
+    mcfg = MementoConfig.from_tokenizer(tokenizer)
+    for problem in generate_problems(50, seed=2):
+        trace = solution_trace(problem, steps_per_block)
+        n_blocks = -(-len(problem.steps) // steps_per_block)
+        assert check_memento_response(trace) == n_blocks
+        assert trace.endswith(f"</think>\n\\boxed{{{problem.answer}}}")
+        assert score_math(trace, str(problem.answer), "math").correct
+
+        ids = tokenizer(trace, add_special_tokens=False)["input_ids"]
+        ev = evict_at(ids, mcfg)
+        starts = [i for i, t in enumerate(ids) if t == mcfg.block_start]
+        ends = [i for i, t in enumerate(ids) if t == mcfg.block_end]
+        summary_ends = [i for i, t in enumerate(ids) if t == mcfg.summary_end]
+        assert len(starts) == len(ends) == len(summary_ends) == n_blocks
+        for s, e, se in zip(starts, ends, summary_ends):
+            assert (ev[s + 1:e] == se).all()
+        # Only delimiters, mementos and glue stay live: the answer sees no block content.
+        assert sum(ev < len(ids)) == sum(e - s - 1 for s, e in zip(starts, ends))
+
+
+def test_each_memento_carries_the_state_the_next_block_starts_from():
+    problem = generate_problems(1, seed=3, cfg=ArithConfig(min_steps=5, max_steps=5))[0]
+    trace = solution_trace(problem)
+    mementos = re.findall(r"<\|summary_start\|>After step (\d+): (-?\d+)<\|summary_end\|>", trace)
+    starts = re.findall(r"<\|block_start\|>Value is (-?\d+)\.", trace)
+    assert [int(v) for _, v in mementos] == problem.values
+    assert [int(v) for v in starts] == [problem.start, *problem.values[:-1]]
+
+
+def test_easy_traces_are_short_and_blocks_several_times_their_mementos(tokenizer):
+    mcfg = MementoConfig.from_tokenizer(tokenizer)  # byte-level: 1 char = 1 token
+    for problem in generate_problems(200, seed=4):  # default: 2-4 steps
+        ids = tokenizer(solution_trace(problem), add_special_tokens=False)["input_ids"]
+        assert 150 <= len(ids) <= 400
+        assert 3.0 <= memento_stats(ids, mcfg)["compression"] <= 6.0
+
+
+def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
+    files = write_arith_datasets(tmp_path, n_train=40, n_val=10, seed=0)
+    train, val = read_rows(files.rl_train), read_rows(files.rl_val)
+    assert (len(train), len(val)) == (40, 10)
+    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in val}
+    row = train[0]
+    assert row["data_source"] == DATA_SOURCE and row["prompt"][0]["role"] == "user"
+    assert "\\boxed{}" in row["prompt"][0]["content"]
+    assert row["reward_model"]["ground_truth"] == str(solve_from_text(row["prompt"][0]["content"]))
+
+    prompts = PromptDataset([files.rl_train], tokenizer, max_prompt_length=256)
+    assert len(prompts) == 40 and prompts.num_filtered == 0
+    sft = SFTDataset([files.sft_train], tokenizer, max_length=1024)
+    assert len(sft) == 40 and sft.num_truncated == 0
+    # SFT prompt == RL prompt, so SFT trains the exact prompts RL samples from.
+    assert sft[0].input_ids[:sft[0].prompt_length] == prompts[0].prompt_ids
