@@ -1,0 +1,283 @@
+"""The trainer's config schema: typed dataclasses validated before any worker starts.
+
+Hydra composes the YAML in `conf/` (groups, presets, command-line overrides); `load_config`
+then builds this schema from the result. An unknown key, a wrong type or a bad combination stops
+the run with a message naming the key (`data.train_batch_size must be int, got 'eight' (str)`).
+Defaults live here, not in the code that reads them. Key names follow verl
+(`actor_rollout_ref.rollout.n`, `data.max_response_length`, ...); the policy-loss keys verl keeps
+under `actor_rollout_ref.actor` live in `algorithm` here (see `rl.algo_config`).
+
+    python -m rl.train --cfg job        # print the composed config and exit (dry run)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rl.algo_config import AlgoConfig
+from rewards.manager import RewardConfig
+
+
+@dataclass
+class MementoOptions:
+    """Layout options (rollout.layout.MementoConfig); token ids come from the tokenizer.
+
+    enable=False trains and generates with plain causal attention (the control).
+    """
+
+    enable: bool = True
+    mask_delimiters: bool = False
+    keep_last_n_blocks: int = 0
+    keep_last_block_for_answer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keep_last_n_blocks < -1:
+            raise ValueError(f"keep_last_n_blocks must be >= -1, got {self.keep_last_n_blocks}")
+        if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
+            raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0")
+
+
+@dataclass
+class ModelConfig:
+    """path: a Hugging Face checkpoint directory, or "tiny" to build the in-repo tiny model."""
+
+    path: str = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    memento: MementoOptions = field(default_factory=MementoOptions)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have two values, got {self.betas}")
+
+
+@dataclass
+class ActorConfig:
+    """The trained policy: data-parallel DeepSpeed ranks, one Ray actor each.
+
+    ppo_mini_batch_size counts prompts (each with rollout.n samples) per optimizer step, as in verl.
+    ppo_max_token_len_per_gpu is the token budget of one packed micro-batch.
+    """
+
+    num_workers: int = 1
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    ppo_mini_batch_size: int = 4
+    ppo_epochs: int = 1
+    ppo_max_token_len_per_gpu: int = 4096
+    gradient_checkpointing: bool = False
+    cpus_per_worker: float = 1.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param requires zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer requires zero_stage >= 1")
+        for key in ("num_workers", "ppo_mini_batch_size", "ppo_epochs", "ppo_max_token_len_per_gpu"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class RefConfig:
+    """Frozen reference policy; started only when a KL term needs it."""
+
+    log_prob_max_token_len_per_gpu: int = 8192
+    cpus_per_worker: float = 1.0
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling and the memento engine (one vLLM engine per replica)."""
+
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_block_tokens: int = 0  # force <|block_end|> when an open block reaches this (0: off)
+    num_replicas: int = 1
+    tensor_model_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.1  # on the CPU build: share of RAM for the KV cache
+    max_num_seqs: int = 64
+    kv_block_size: int = 16
+    enforce_eager: bool = True
+    cpus_per_replica: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization}")
+
+
+@dataclass
+class ActorRolloutRefConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+
+@dataclass
+class DataConfig:
+    """verl-format parquet/jsonl prompt files; "builtin:arith" generates the built-in task."""
+
+    train_files: list[str] = field(default_factory=lambda: ["builtin:arith"])
+    val_files: list[str] = field(default_factory=list)
+    train_batch_size: int = 4  # prompts per step
+    max_prompt_length: int = 256
+    max_response_length: int = 256
+    shuffle: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("train_batch_size", "max_prompt_length", "max_response_length"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.train_files:
+            raise ValueError("train_files must list at least one file")
+
+
+@dataclass
+class TrainerConfig:
+    total_training_steps: int = 4
+    save_freq: int = 2  # steps between checkpoints; 0 = only at the end
+    max_checkpoints_to_keep: int = 2
+    default_local_dir: str = "outputs/grpo"
+    resume: bool = True  # continue from the newest checkpoint in default_local_dir
+    project_name: str = "memento-rl"
+    experiment_name: str = "tiny-grpo"
+    logger: list[str] = field(default_factory=lambda: ["console", "wandb"])
+    ray_address: str | None = None  # None: start a local Ray; "auto" or "host:port": attach
+    device: Literal["cpu", "cuda"] = "cpu"
+    colocate: bool = False  # actor and rollout share devices; the engine sleeps while training
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # how worker bundles fill the nodes
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total_training_steps < 1:
+            raise ValueError(f"total_training_steps must be >= 1, got {self.total_training_steps}")
+        unknown = set(self.logger) - {"console", "wandb"}
+        if unknown:
+            raise ValueError(f"logger has unknown backends {sorted(unknown)}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
+    algorithm: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        actor, data = self.actor_rollout_ref.actor, self.data
+        if data.train_batch_size % actor.ppo_mini_batch_size:
+            raise ValueError(f"data.train_batch_size ({data.train_batch_size}) must be a multiple of "
+                             f"actor_rollout_ref.actor.ppo_mini_batch_size ({actor.ppo_mini_batch_size})")
+        rollout = self.actor_rollout_ref.rollout
+        if self.trainer.colocate and (rollout.num_replicas != actor.num_workers
+                                      or rollout.tensor_model_parallel_size != 1):
+            raise ValueError("trainer.colocate requires actor_rollout_ref.rollout.num_replicas == "
+                             "actor_rollout_ref.actor.num_workers and tensor_model_parallel_size == 1")
+        longest = data.max_prompt_length + data.max_response_length
+        if actor.ppo_max_token_len_per_gpu < longest:
+            raise ValueError(f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu "
+                             f"({actor.ppo_max_token_len_per_gpu}) must hold one whole sequence "
+                             f"(max_prompt_length + max_response_length = {longest})")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.algorithm.use_kl_loss or self.algorithm.use_kl_in_reward
+
+
+def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain mapping, recursing into nested dataclasses.
+
+    Unknown keys and wrong types raise, naming the full dotted key.
+    """
+    if not isinstance(values, dict):
+        raise TypeError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key {prefix}{unknown[0]} (known keys there: {sorted(known)})")
+    kwargs = {}
+    for name, value in values.items():
+        hint, key = hints[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, key + ".")
+        elif not matches(value, hint):
+            raise TypeError(f"{key} must be {describe(hint)}, got {value!r} ({type(value).__name__})")
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        # __post_init__ messages start with the bare key; give it its full dotted path.
+        raise type(err)(f"{prefix}{err}") from None
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a config value has the annotated type (bools are not ints, ints are floats)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def load_config(cfg) -> Config:
+    """Validate a composed Hydra/OmegaConf config (or a plain dict) into the schema."""
+    if not isinstance(cfg, dict):
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return from_dict(Config, cfg)

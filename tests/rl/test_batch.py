@@ -1,0 +1,57 @@
+"""Packing: token-budgeted bins, original positions, and response log-prob indexing."""
+
+import numpy as np
+import torch
+
+from rl.batch import RolloutBatch, balance_token_bins, make_micro_batches
+from rollout.layout import MementoConfig
+
+BS, BE, SS, SE = 100, 101, 102, 103
+
+
+def test_bins_respect_the_budget_and_cover_every_sequence():
+    lengths = np.array([7, 3, 9, 2, 5, 5, 1, 8])
+    bins = balance_token_bins(lengths, max_tokens=10, num_bins_multiple=3)
+    assert len(bins) % 3 == 0
+    assert sorted(i for b in bins for i in b) == list(range(8))
+    assert all(lengths[b].sum() <= 10 for b in bins if b)
+
+
+def test_oversized_sequence_gets_its_own_bin():
+    bins = balance_token_bins(np.array([50, 3]), max_tokens=10)
+    assert [0] in bins and [1] in bins
+
+
+def test_packed_micro_batch_keeps_positions_layout_and_targets():
+    cfg = MementoConfig(BS, BE, SS, SE)
+    batch = RolloutBatch.from_sequences([[1, 2], [3]], [[BS, 4, BE, SS, 5, SE, 6], [7, 8]])
+    batch.compute_layout(cfg)
+    (mbs,) = make_micro_batches(batch, max_tokens=100)
+    (mb,) = mbs
+    assert mb.indices == [0, 1]
+    assert mb.position_ids.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2]
+    # sequence 0: block content at packed 3 evicted at its summary_end (packed 7)
+    assert mb.evict_at.tolist() == [9, 9, 9, 7, 9, 9, 9, 9, 9, 12, 12, 12]
+    assert mb.targets.tolist() == [2, BS, 4, BE, SS, 5, SE, 6, -100, 7, 8, -100]
+    # flat index predicting each response's first token: prompt end - 1
+    assert mb.response_starts == [1, 9] and mb.response_lengths == [7, 2]
+    flat = torch.arange(12, dtype=torch.float32)
+    # rows read the positions that predict their response tokens
+    assert mb.gather_responses(flat, 7).tolist() == [[1, 2, 3, 4, 5, 6, 7], [9, 10, 0, 0, 0, 0, 0]]
+    assert mb.targets[torch.tensor([1, 2, 3, 4, 5, 6, 7])].tolist() == batch.response_ids[0]
+
+
+def test_micro_batches_split_evenly_across_ranks():
+    batch = RolloutBatch.from_sequences([[1]] * 5, [[2, 3]] * 5)
+    batch.compute_layout(None)
+    per_rank = make_micro_batches(batch, max_tokens=6, num_ranks=2)
+    assert len(per_rank[0]) == len(per_rank[1])
+    assert sorted(i for mbs in per_rank for mb in mbs for i in mb.indices) == list(range(5))
+
+
+def test_select_slices_every_field():
+    batch = RolloutBatch.from_sequences([[1], [2], [3]], [[4], [5, 6], [7]])
+    batch.rewards = torch.tensor([0.0, 1.0, 2.0])
+    sub = batch.select([2, 0])
+    assert sub.response_ids == [[7], [4]] and sub.rewards.tolist() == [2.0, 0.0]
+    assert sub.group_ids.tolist() == [2, 0]

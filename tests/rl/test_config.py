@@ -1,0 +1,73 @@
+"""Config schema: Hydra composition of every preset, and bad configs rejected naming the key."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from dataclasses import asdict
+
+from rl.config import Config, load_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_config(overrides=()):
+    ConfigStore.instance().store(name="schema", node=OmegaConf.create(asdict(Config())))
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        raw = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(raw, resolve=True)
+
+
+def test_default_config_is_the_tiny_cpu_run():
+    cfg = load_config(compose_config())
+    assert cfg.actor_rollout_ref.model.path == "tiny"
+    assert cfg.trainer.device == "cpu"
+    assert cfg.actor_rollout_ref.model.memento.enable
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml")))
+def test_every_algorithm_preset_validates(name):
+    cfg = load_config(compose_config([f"+algorithm={name}"]))
+    assert cfg.algorithm.loss_mode in ("ppo", "cispo", "gspo")
+
+
+def test_paper_preset_matches_the_paper_settings():
+    cfg = load_config(compose_config(["+experiment=qwen3_8b_memento"]))
+    algo, rollout = cfg.algorithm, cfg.actor_rollout_ref.rollout
+    assert (algo.loss_mode, algo.clip_ratio_low, algo.clip_ratio_high) == ("cispo", 0.2, 0.2)
+    assert algo.use_kl_loss and algo.kl_loss_coef == 0.001
+    assert rollout.n == 8 and cfg.data.train_batch_size == 240
+    assert cfg.actor_rollout_ref.actor.optim.lr == 1e-6 and rollout.temperature == 1.0
+    assert cfg.data.max_response_length == 31744 and rollout.max_block_tokens == 7168
+
+
+def test_command_line_override_reaches_the_schema():
+    cfg = load_config(compose_config(["actor_rollout_ref.rollout.n=8", "data.train_batch_size=8",
+                                      "actor_rollout_ref.actor.ppo_mini_batch_size=2"]))
+    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.data.train_batch_size == 8
+
+
+def test_unknown_key_on_the_command_line_is_rejected():
+    with pytest.raises(Exception, match="clip_ratio_hgh"):
+        compose_config(["algorithm.clip_ratio_hgh=0.3"])
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"data": {"train_batch_size": "eight"}}, "data.train_batch_size must be int"),
+    ({"algorithm": {"clip_ratio_hgh": 0.3}}, "unknown key algorithm.clip_ratio_hgh"),
+    ({"algorithm": {"adv_estimator": "ppo"}}, "algorithm.adv_estimator"),
+    ({"actor_rollout_ref": {"actor": {"zero_stage": 4}}}, "actor_rollout_ref.actor.zero_stage"),
+    ({"actor_rollout_ref": {"rollout": {"temperature": 0}}}, "actor_rollout_ref.rollout.temperature"),
+    ({"data": {"train_batch_size": 6}}, "data.train_batch_size"),  # not a multiple of mini-batch 4
+    ({"actor_rollout_ref": {"actor": {"ppo_max_token_len_per_gpu": 100}}}, "ppo_max_token_len_per_gpu"),
+    ({"actor_rollout_ref": {"model": {"memento": {"keep_last_n_blocks": -3}}}},
+     "actor_rollout_ref.model.memento.keep_last_n_blocks"),
+    ({"trainer": {"logger": ["console", "tensorboard"]}}, "trainer.logger"),
+])
+def test_bad_values_are_rejected_naming_the_key(patch, message):
+    raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(compose_config()),
+                                                 OmegaConf.create(patch)))
+    with pytest.raises((TypeError, ValueError), match=message.replace(".", r"\.")):
+        load_config(raw)
