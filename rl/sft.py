@@ -1,0 +1,164 @@
+"""Two-stage memento SFT (MEMENTO paper section 4): format first, then the masking constraint.
+
+Stage 1 ("full") trains with plain causal attention; stage 2 ("memento") starts from the best
+stage-1 checkpoint and trains with the memento layout, with the same loss: negative log-likelihood
+of every completion token (blocks, mementos, delimiters, answer), prompt tokens masked. Sequences
+are packed into token-budgeted micro-batches and trained by the same DeepSpeed PolicyWorker ranks
+as RL (`sft_update`), so multi-rank SFT needs nothing extra. The checkpoint with the lowest
+validation loss (under the stage's own layout) is exported in Hugging Face format to
+`<output_dir>/best`, tokenizer and chat template included.
+
+    python -m rl.sft model_path=tiny stage=full output_dir=outputs/sft1 train_files=[...]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rl.algo_config import AlgoConfig
+from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
+from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig, from_dict
+from rl.sft_data import SFTDataset, SFTSample
+from rollout.layout import MementoConfig
+
+
+@dataclass
+class SFTConfig:
+    model_path: str = "tiny"
+    stage: Literal["full", "memento"] = "full"
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    output_dir: str = "outputs/sft"
+    memento: MementoOptions = field(default_factory=MementoOptions)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_length: int = 512
+    epochs: int = 1
+    batch_size: int = 16  # sequences per optimizer step
+    max_tokens_per_micro_batch: int = 4096
+    eval_every: int = 20  # optimizer steps between validations (and at the end)
+    num_workers: int = 1
+    zero_stage: int = 0
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=8e-5))
+    device: Literal["cpu", "cuda"] = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.train_files:
+            raise ValueError("train_files must list at least one SFT file")
+        for key in ("max_length", "epochs", "batch_size", "eval_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_tokens_per_micro_batch < self.max_length:
+            raise ValueError(f"max_tokens_per_micro_batch ({self.max_tokens_per_micro_batch}) must "
+                             f"hold one sequence of max_length ({self.max_length})")
+
+
+@dataclass
+class SFTResult:
+    best_dir: Path
+    best_val_loss: float
+    history: list[dict[str, float]]
+
+
+def to_batch(samples: list[SFTSample], layout: MementoConfig | None) -> RolloutBatch:
+    batch = RolloutBatch.from_sequences([s.input_ids[:s.prompt_length] for s in samples],
+                                        [s.input_ids[s.prompt_length:] for s in samples])
+    batch.compute_layout(layout)
+    return batch
+
+
+def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
+    from transformers import AutoTokenizer
+
+    from rl import cluster
+    from rl.train import resolve_model_path
+
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model_path(cfg.model_path, out)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    layout = None
+    if cfg.stage == "memento":
+        m = cfg.memento
+        layout = MementoConfig.from_tokenizer(
+            tokenizer, mask_delimiters=m.mask_delimiters, keep_last_n_blocks=m.keep_last_n_blocks,
+            keep_last_block_for_answer=m.keep_last_block_for_answer)
+    train = SFTDataset(cfg.train_files, tokenizer, cfg.max_length)
+    val = SFTDataset(cfg.val_files, tokenizer, cfg.max_length) if cfg.val_files else None
+    log(f"sft[{cfg.stage}]: {len(train)} train / {len(val) if val else 0} val sequences")
+
+    actor_cfg = ActorConfig(num_workers=cfg.num_workers, zero_stage=cfg.zero_stage,
+                            ppo_max_token_len_per_gpu=cfg.max_tokens_per_micro_batch, optim=cfg.optim)
+    cluster.init_ray(None)
+    group = cluster.spawn_policy_group(f"sft-{cfg.stage}", model_path,
+                                       ModelConfig(path=model_path, dtype=cfg.dtype), actor_cfg,
+                                       AlgoConfig(), True, cfg.device, cfg.seed)
+    rng = random.Random(cfg.seed)
+    best_dir, best, history, step = out / "best", float("inf"), [], 0
+    steps_total = cfg.epochs * (len(train) // cfg.batch_size)
+    try:
+        for _ in range(cfg.epochs):
+            order = list(range(len(train)))
+            rng.shuffle(order)
+            for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+                batch = to_batch([train[i] for i in order[start:start + cfg.batch_size]], layout)
+                per_rank = make_mini_batches(batch, [np.arange(len(batch))],
+                                             cfg.max_tokens_per_micro_batch, len(group))
+                metrics = group.call_each("sft_update", [(minis,) for minis in per_rank])
+                step += 1
+                record = {"step": step, "loss": float(np.mean([m["sft_loss"] for m in metrics]))}
+                if val is not None and (step % cfg.eval_every == 0 or step == steps_total):
+                    record["val_loss"] = validation_loss(group, val, layout, cfg)
+                    if record["val_loss"] < best:
+                        best = record["val_loss"]
+                        group.call("save_hf", str(best_dir))
+                        tokenizer.save_pretrained(best_dir)
+                log(f"sft[{cfg.stage}] step {step}/{steps_total} " +
+                    " ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
+                history.append(record)
+        if val is None:  # no validation data: the last weights are the result
+            group.call("save_hf", str(best_dir))
+            tokenizer.save_pretrained(best_dir)
+    finally:
+        group.kill()
+    return SFTResult(best_dir, best, history)
+
+
+def validation_loss(group, data: SFTDataset, layout: MementoConfig | None, cfg: SFTConfig) -> float:
+    """Token-mean NLL of the completion tokens under the stage's layout."""
+    batch = to_batch([data[i] for i in range(len(data))], layout)
+    per_rank = make_micro_batches(batch, cfg.max_tokens_per_micro_batch, len(group))
+    results = group.call_each("compute_logprobs", [(mbs, 1.0) for mbs in per_rank])
+    total, count = 0.0, 0
+    for mbs, outs in zip(per_rank, results):
+        for mb, (logprobs, _) in zip(mbs, outs):
+            for m, length in enumerate(mb.response_lengths):
+                total -= float(logprobs[m, :length].sum())
+                count += length
+    return total / max(count, 1)
+
+
+def main(argv: list[str]) -> None:
+    """`key=value` arguments (dotted keys, YAML values) into an SFTConfig."""
+    import yaml
+
+    values: dict = {}
+    for arg in argv:
+        key, _, raw = arg.partition("=")
+        node = values
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    result = run_sft(from_dict(SFTConfig, values))
+    print(f"best checkpoint: {result.best_dir} (val loss {result.best_val_loss:.4f})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,414 @@
+"""GRPO-family RL with memento rollouts: the Hydra entry point and the single-controller loop.
+
+    python -m rl.train                               # the default tiny CPU run (conf/config.yaml)
+    python -m rl.train +experiment=qwen3_8b_memento  # the paper's RL run (3 nodes x 8 GPUs)
+    python -m rl.train --cfg job                     # print the composed config and exit
+
+The controller (this process) owns the order of one step (`Trainer.step`); Ray workers expose a
+few verbs: rollout engines `generate` / `update_weights` / `sleep` / `wake_up`, policy ranks
+`compute_logprobs` / `update` / `named_weights` / `save_checkpoint` / `load_checkpoint`.
+Rewards are scored here, in the reward manager's own process pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rewards.manager import RewardManager
+from rl import advantages as adv
+from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches, pad_right
+from rl.checkpoint import CheckpointManager, read_json, write_json
+from rl.config import Config, load_config
+from rl.data import PromptLoader, load_prompts
+from rl.losses import rollout_mismatch
+from rl.tracking import Tracker, timed
+from rollout.layout import MementoConfig, kv_stats, memento_stats
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        from transformers import AutoTokenizer
+
+        from rl import cluster
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.trainer.default_local_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model_path = resolve_model_path(cfg.actor_rollout_ref.model.path, self.run_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.memento = memento_config(cfg, self.tokenizer)
+        self.loader = PromptLoader(
+            load_prompts(cfg.data.train_files, self.tokenizer, cfg.data.max_prompt_length,
+                         self.run_dir / "data"),
+            batch_size=cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
+        self.reward = RewardManager(cfg.reward)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
+                                             keep=cfg.trainer.max_checkpoints_to_keep)
+        self.step_count = 0
+        self.rng = random.Random(cfg.trainer.seed)
+
+        cluster.init_ray(cfg.trainer.ray_address)
+        self.actor, self.ref, self.rollout = start_workers(cfg, self.model_path, self.memento)
+        self.wandb_id = self._resume()
+        self.tracker = Tracker(cfg.trainer.logger, cfg.trainer.project_name,
+                               cfg.trainer.experiment_name, self.run_dir, asdict(cfg),
+                               cfg.trainer.total_training_steps, resume_id=self.wandb_id)
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> list[dict[str, float]]:
+        history = []
+        try:
+            while self.step_count < self.cfg.trainer.total_training_steps:
+                metrics = self.step()
+                history.append(metrics)
+                self.tracker.log(self.step_count, metrics)
+                freq = self.cfg.trainer.save_freq
+                last = self.step_count == self.cfg.trainer.total_training_steps
+                if last or (freq > 0 and self.step_count % freq == 0):
+                    self.save()
+            self.export_hf(self.run_dir / "hf")
+        finally:
+            self.tracker.finish()
+        return history
+
+    def step(self) -> dict[str, float]:
+        cfg, timing = self.cfg, {}
+        with timed("step", timing):
+            # 1. sample prompts and generate a group of n responses for each
+            with timed("gen", timing):
+                batch, gen_metrics = self.generate_batch()
+            # 2. the layout the engine used, for every sequence
+            with timed("layout", timing):
+                batch.compute_layout(self.memento)
+            # 3. old-policy and reference log-probs under that layout
+            with timed("old_logprob", timing):
+                batch.old_logprobs, entropy = self.logprobs(self.actor, batch, with_entropy=True)
+            if self.ref is not None:
+                with timed("ref_logprob", timing):
+                    batch.ref_logprobs, _ = self.logprobs(self.ref, batch)
+            # 4. advantages (reward shaping with KL first, when configured)
+            with timed("adv", timing):
+                adv_metrics = self.compute_advantages(batch)
+            # 5. update the actor
+            with timed("update_actor", timing):
+                actor_metrics = self.update_actor(batch)
+            # 6. new weights to the rollout engines
+            with timed("sync_weights", timing):
+                self.sync_weights()
+        self.step_count += 1
+        metrics = {**gen_metrics, **adv_metrics, **actor_metrics, **timing,
+                   **self.batch_metrics(batch, entropy)}
+        tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
+        metrics["perf/tokens_per_second"] = tokens / timing["time/step"]
+        return metrics
+
+    # ------------------------------------------------------------------ phases
+
+    def generate_batch(self) -> tuple[RolloutBatch, dict[str, float]]:
+        """Rollouts and rewards; with DAPO dynamic sampling, refill dropped groups."""
+        algo, want = self.cfg.algorithm, self.cfg.data.train_batch_size
+        kept: RolloutBatch | None = None
+        metrics: dict[str, float] = {}
+        rounds = 0
+        while kept is None or len(np.unique(kept.group_ids)) < want:
+            rounds += 1
+            batch, metrics = self.rollout_and_score(self.loader.next_batch(), group_offset=rounds * want)
+            if algo.filter_groups.enable:
+                keep, filter_metrics = adv.filter_zero_variance_groups(
+                    batch.rewards, torch.as_tensor(batch.group_ids))
+                metrics.update(filter_metrics)
+                batch = batch.select(torch.nonzero(keep).flatten().tolist())
+            kept = batch if kept is None else concat(kept, batch)
+            limit = algo.filter_groups.max_num_gen_batches
+            if not algo.filter_groups.enable or (0 < limit <= rounds):
+                break
+        groups = np.unique(kept.group_ids)[:want]
+        kept = kept.select(np.flatnonzero(np.isin(kept.group_ids, groups)))
+        metrics["gen/rounds"] = float(rounds)
+        return kept, metrics
+
+    def rollout_and_score(self, prompts, group_offset: int) -> tuple[RolloutBatch, dict]:
+        from rollout.engine import Sampling
+
+        cfg = self.cfg.actor_rollout_ref.rollout
+        n = cfg.n
+        # Seeds depend only on (seed, step, round, sample): rollouts replay exactly on resume.
+        seed = (self.cfg.trainer.seed * 1_000_003 + self.step_count * 10_007 + group_offset) * 64
+        shards = np.array_split(np.arange(len(prompts)), len(self.rollout))
+        results = self.rollout.call_each("generate", [
+            ([prompts[i].prompt_ids for i in shard],
+             Sampling(n=n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=max(cfg.top_k, 0),
+                      max_tokens=self.cfg.data.max_response_length,
+                      max_block_tokens=cfg.max_block_tokens, seed=seed + int(shard[0]) * n if len(shard) else seed))
+            for shard in shards])
+        samples = [s for shard in results for s in shard]
+
+        batch = RolloutBatch(
+            prompt_ids=[s.prompt_ids for s in samples],
+            response_ids=[s.response_ids for s in samples],
+            group_ids=np.repeat(np.arange(len(prompts)) + group_offset, n),
+            sampler_logprobs=pad_right([s.sampler_logprobs for s in samples], 0.0, torch.float32),
+            forced_mask=pad_right([s.forced_mask for s in samples], False, torch.bool),
+            response_mask=pad_right([[1.0] * len(s.response_ids) for s in samples], 0.0,
+                                    torch.float32),
+            finish_reasons=[s.finish_reason for s in samples],
+            engine_kv_peak_tokens=np.array([s.kv_peak_tokens for s in samples]),
+            num_evictions=np.array([s.num_evictions for s in samples]),
+            data_sources=[p.data_source for p in prompts for _ in range(n)],
+            ground_truths=[p.ground_truth for p in prompts for _ in range(n)],
+        )
+        texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=False)
+        scored = self.reward.score(texts, batch.data_sources, batch.ground_truths,
+                                   [p.extra_info for p in prompts for _ in range(n)])
+        batch.rewards = torch.tensor(scored.scores, dtype=torch.float32)
+        metrics = {key: float(value) for key, value in scored.metrics.items()}
+        metrics["reward/mean"] = batch.rewards.mean().item()
+        metrics["reward/std"] = batch.rewards.std().item() if len(batch) > 1 else 0.0
+        return batch, metrics
+
+    def logprobs(self, group, batch: RolloutBatch, with_entropy: bool = False):
+        """(B, T) log-probs of the response tokens (and entropy) from a policy worker group."""
+        temperature = self.cfg.actor_rollout_ref.rollout.temperature
+        per_rank = make_micro_batches(batch, self.cfg.actor_rollout_ref.actor.ppo_max_token_len_per_gpu,
+                                      num_ranks=len(group))
+        results = group.call_each("compute_logprobs",
+                                  [(mbs, temperature, with_entropy) for mbs in per_rank])
+        width = batch.response_mask.shape[1]
+        logprobs = torch.zeros(len(batch), width)
+        entropy = torch.zeros(len(batch), width) if with_entropy else None
+        for mbs, outs in zip(per_rank, results):
+            for mb, (lp, ent) in zip(mbs, outs):
+                for m, row in enumerate(mb.indices):
+                    length = mb.response_lengths[m]
+                    logprobs[row, :length] = lp[m, :length]
+                    if entropy is not None:
+                        entropy[row, :length] = ent[m, :length]
+        return logprobs, entropy
+
+    def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
+        algo, metrics = self.cfg.algorithm, {}
+        rewards = batch.rewards
+        if algo.overlong_buffer.enable:
+            penalty, m = adv.overlong_penalty(torch.as_tensor(batch.response_lengths),
+                                              self.cfg.data.max_response_length,
+                                              algo.overlong_buffer.len,
+                                              algo.overlong_buffer.penalty_factor)
+            rewards, metrics = rewards + penalty, {**metrics, **m}
+        if algo.use_kl_in_reward:
+            rewards, m = adv.kl_in_reward(rewards, batch.old_logprobs, batch.ref_logprobs,
+                                          batch.loss_mask, algo.kl_coef, algo.kl_penalty)
+            metrics.update(m)
+        batch.advantages, m = adv.compute_advantages(
+            algo.adv_estimator, rewards, torch.as_tensor(batch.group_ids), batch.loss_mask,
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
+        return {**metrics, **m}
+
+    def update_actor(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.cfg.actor_rollout_ref
+        is_weights, metrics = rollout_mismatch(batch.old_logprobs, batch.sampler_logprobs,
+                                               batch.loss_mask, self.cfg.algorithm.tis_imp_ratio_cap)
+        groups = np.unique(batch.group_ids)
+        steps = [np.flatnonzero(np.isin(batch.group_ids, chunk))
+                 for chunk in np.array_split(groups, len(groups) // cfg.actor.ppo_mini_batch_size)]
+        per_rank = make_mini_batches(batch, steps, cfg.actor.ppo_max_token_len_per_gpu,
+                                     len(self.actor), is_weights)
+        if self.cfg.trainer.colocate:
+            self.rollout.call("sleep")
+        per_rank_args = [(minis * cfg.actor.ppo_epochs, cfg.rollout.temperature) for minis in per_rank]
+        rank_metrics = self.actor.call_each("update", per_rank_args)
+        for key in rank_metrics[0]:
+            metrics[f"actor/{key}"] = float(np.mean([m[key] for m in rank_metrics]))
+        return metrics
+
+    def sync_weights(self) -> None:
+        import ray
+
+        weights = self.actor.call("named_weights")[0]
+        ref = ray.put(list(weights.items()))
+        if self.cfg.trainer.colocate:
+            self.rollout.call("wake_up")
+        self.rollout.call("update_weights", ref)  # Ray resolves the object ref in each worker
+
+    def batch_metrics(self, batch: RolloutBatch, entropy) -> dict[str, float]:
+        lengths = batch.response_lengths
+        kv = [kv_stats(ev, len(p)) for ev, p in zip(batch.evict_at, batch.prompt_ids)]
+        blocks = [memento_stats(p + r, self.memento, start=len(p))
+                  for p, r in zip(batch.prompt_ids, batch.response_ids)] if self.memento else []
+        mask = batch.loss_mask.bool()
+        metrics = {
+            "response/length_mean": float(lengths.mean()),
+            "response/length_max": float(lengths.max()),
+            "response/truncated_frac": float(np.mean([f == "length" for f in batch.finish_reasons])),
+            "response/forced_tokens": float(batch.forced_mask.sum().item()),
+            "kv/peak_tokens_mean": float(np.mean([k["peak_tokens"] for k in kv])),
+            "kv/full_peak_tokens_mean": float(np.mean([k["full_peak_tokens"] for k in kv])),
+            "kv/peak_ratio_mean": float(np.mean([k["peak_tokens"] / max(k["full_peak_tokens"], 1)
+                                                 for k in kv])),
+            "kv/area_ratio_mean": float(np.mean([k["area_tokens"] / max(k["full_area_tokens"], 1)
+                                                 for k in kv])),
+            "kv/engine_peak_tokens_mean": float(batch.engine_kv_peak_tokens.mean()),
+            "kv/evictions_mean": float(batch.num_evictions.mean()),
+            "actor/entropy_old": float(entropy[mask].mean().item()) if mask.any() else 0.0,
+        }
+        if blocks:
+            metrics["memento/blocks_mean"] = float(np.mean([b["blocks"] for b in blocks]))
+            metrics["memento/memento_tokens_mean"] = float(np.mean([b["memento_tokens"] for b in blocks]))
+            metrics["memento/compression_mean"] = float(np.mean([b["compression"] for b in blocks]))
+        return metrics
+
+    # ------------------------------------------------------------- checkpoints
+
+    def save(self) -> Path:
+        def write(tmp: Path) -> None:
+            self.actor.call("save_checkpoint", str(tmp / "actor"))
+            write_json(tmp / "trainer_state.json", {
+                "step": self.step_count,
+                "loader": self.loader.state_dict(),
+                "rng": repr(self.rng.getstate()),
+                "wandb_id": self.tracker.run_id,
+            })
+        return self.checkpoints.save(self.step_count, write)
+
+    def _resume(self) -> str | None:
+        """Restore the newest checkpoint when trainer.resume; returns the wandb run id."""
+        latest = self.checkpoints.latest() if self.cfg.trainer.resume else None
+        if latest is None:
+            return None
+        state = read_json(latest / "trainer_state.json")
+        self.actor.call("load_checkpoint", str(latest / "actor"))
+        self.loader.load_state_dict(state["loader"])
+        self.rng.setstate(eval(state["rng"], {"__builtins__": {}}))  # a tuple literal we wrote
+        self.step_count = state["step"]
+        self.sync_weights()
+        print(f"resumed from {latest} at step {self.step_count}", flush=True)
+        return state.get("wandb_id")
+
+    def export_hf(self, path: Path) -> None:
+        self.actor.call("save_hf", str(path))
+        self.tokenizer.save_pretrained(path)
+
+    def close(self) -> None:
+        self.reward.close()
+        for group in (self.actor, self.ref, self.rollout):
+            if group is not None:
+                group.kill()
+
+
+def concat(a: RolloutBatch, b: RolloutBatch) -> RolloutBatch:
+    """Join two rollout batches sample-wise (re-padding per-token tensors)."""
+    merged = {}
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None:
+            merged[name] = None
+        elif isinstance(x, torch.Tensor) and x.dim() == 2:
+            width = max(x.shape[1], y.shape[1])
+            pad = (lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1])))
+            merged[name] = torch.cat([pad(x), pad(y)])
+        elif isinstance(x, torch.Tensor):
+            merged[name] = torch.cat([x, y])
+        elif isinstance(x, np.ndarray):
+            merged[name] = np.concatenate([x, y])
+        else:
+            merged[name] = list(x) + list(y)
+    return RolloutBatch(**merged)
+
+
+def resolve_model_path(path: str, run_dir: Path) -> str:
+    if path == "tiny":
+        from rollout.tiny_model import build_tiny_model
+
+        return str(build_tiny_model(run_dir / "tiny_model"))
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"actor_rollout_ref.model.path: no checkpoint directory at {path}")
+    return path
+
+
+def memento_config(cfg: Config, tokenizer) -> MementoConfig | None:
+    opts = cfg.actor_rollout_ref.model.memento
+    if not opts.enable:
+        return None
+    return MementoConfig.from_tokenizer(
+        tokenizer, mask_delimiters=opts.mask_delimiters, keep_last_n_blocks=opts.keep_last_n_blocks,
+        keep_last_block_for_answer=opts.keep_last_block_for_answer)
+
+
+def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
+    """Actor ranks, reference ranks (only when a KL term needs them) and rollout replicas."""
+    from rl import cluster
+    from rollout.worker import RolloutWorker
+
+    arr, trainer = cfg.actor_rollout_ref, cfg.trainer
+    gpu = 1.0 if trainer.device == "cuda" else 0.0
+    share = 0.5 if trainer.colocate else 1.0  # colocated actor and engine split each device
+
+    def policy_group(name: str, trainable: bool, actor_cfg) -> cluster.WorkerGroup:
+        return cluster.spawn_policy_group(name, model_path, arr.model, actor_cfg, cfg.algorithm,
+                                          trainable, trainer.device, trainer.seed,
+                                          trainer.placement_strategy,
+                                          gpu_share=share if trainable else 1.0)
+
+    actor = policy_group("actor", True, arr.actor)
+    ref = None
+    if cfg.needs_reference:
+        ref = policy_group("ref", False, dataclasses.replace(
+            arr.actor, cpus_per_worker=arr.ref.cpus_per_worker))
+    if trainer.colocate:
+        placement, cpus = actor.placement, 0.0
+    else:
+        placement = cluster.make_placement(
+            "rollout", {"CPU": arr.rollout.cpus_per_replica,
+                        "GPU": gpu * arr.rollout.tensor_model_parallel_size},
+            arr.rollout.num_replicas, trainer.placement_strategy)
+        cpus = arr.rollout.cpus_per_replica
+    rollout = cluster.spawn_group(
+        "rollout", RolloutWorker, placement, cpus,
+        gpu * share * arr.rollout.tensor_model_parallel_size,
+        lambda r: dict(model_path=model_path, memento=memento,
+                       tensor_parallel_size=arr.rollout.tensor_model_parallel_size,
+                       gpu_memory_utilization=arr.rollout.gpu_memory_utilization,
+                       max_num_seqs=arr.rollout.max_num_seqs, block_size=arr.rollout.kv_block_size,
+                       enforce_eager=arr.rollout.enforce_eager,
+                       max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
+                       dtype=arr.model.dtype, seed=trainer.seed + r))
+    if trainer.colocate:
+        rollout.placement = None  # owned (and removed) by the actor group
+    return actor, ref, rollout
+
+
+def main(argv: list[str] | None = None) -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    from hydra.core.config_store import ConfigStore
+
+    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
+    # Every key of the schema, with its default, so any key can be overridden on the command
+    # line; an unknown key fails in Hydra, a wrong type or value in load_config.
+    ConfigStore.instance().store(name="schema", node=OmegaConf.create(asdict(Config())))
+
+    @hydra.main(config_path=conf_dir, config_name="config", version_base=None)
+    def run(raw) -> None:
+        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
+        trainer = Trainer(cfg)
+        try:
+            trainer.fit()
+        finally:
+            trainer.close()
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    run()
+
+
+if __name__ == "__main__":
+    main()

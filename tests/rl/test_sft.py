@@ -1,0 +1,40 @@
+"""Two-stage SFT end to end: full attention, then the memento layout from the best checkpoint."""
+
+import pytest
+import ray
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl.config import OptimConfig
+from rl.sft import SFTConfig, run_sft
+from rl.tasks import ArithConfig, write_arith_datasets
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_two_stage_sft_lowers_validation_loss_and_exports_a_loadable_model(ray_local, tiny_model_dir,
+                                                                         tmp_path):
+    files = write_arith_datasets(tmp_path / "data", n_train=48, n_val=8,
+                                 cfg=ArithConfig(max_steps=2))
+    common = dict(train_files=[str(files.sft_train)], val_files=[str(files.sft_val)], max_length=384,
+                  batch_size=8, eval_every=3, max_tokens_per_micro_batch=1536,
+                  optim=OptimConfig(lr=3e-3))
+    stage1 = run_sft(SFTConfig(model_path=str(tiny_model_dir), stage="full",
+                               output_dir=str(tmp_path / "sft1"), **common), log=lambda *_: None)
+    losses = [h["val_loss"] for h in stage1.history if "val_loss" in h]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+    stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
+                               output_dir=str(tmp_path / "sft2"), **common), log=lambda *_: None)
+    assert stage2.best_val_loss < float("inf")
+    model = AutoModelForCausalLM.from_pretrained(stage2.best_dir)
+    tokenizer = AutoTokenizer.from_pretrained(stage2.best_dir)
+    assert tokenizer.convert_tokens_to_ids("<|summary_end|>") < model.config.vocab_size
+    assert tokenizer.chat_template
