@@ -29,7 +29,7 @@ def test_default_config_is_the_tiny_cpu_run():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml")))
 def test_every_algorithm_preset_validates(name):
-    cfg = load_config(compose_config([f"+algorithm={name}"]))
+    cfg = load_config(compose_config([f"algorithm={name}"]))
     assert cfg.algorithm.loss_mode in ("ppo", "cispo", "gspo")
 
 
