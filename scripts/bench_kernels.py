@@ -1,0 +1,182 @@
+"""Benchmarks for kernels/: memory and time against the naive paths, measured side by side.
+
+CPU (runs anywhere, a few minutes on 2 cores):
+  - log-prob + entropy head at V=151936, H=1024, T=4096: `linear_logprob_entropy` (chunked,
+    never T x V) against full logits + log_softmax; forward under no_grad (reference / old-policy
+    workers) and forward+backward (actor). Goal: <= 1/8 of the naive peak memory, no slower.
+  - attention at T=8192 under a typical memento layout (prompt 512, blocks of 1150 tokens with
+    194-token mementos): the chunked PyTorch path against SDPA with a dense [T, T] float mask.
+    Goal: memory and time following the visible fraction of causal pairs.
+  Each case runs in a fresh process; peak memory is the process's peak RSS above its RSS once the
+  inputs exist. Ratios are ours / naive.
+GPU (only when CUDA is available): TFLOP/s of both Triton kernels (bf16), after a correctness
+check against the PyTorch paths; log-prob counts 2*T*H*V forward and 6*T*H*V backward, attention
+counts 4*D*Hq per visible (query, key) pair forward. H100 targets: >= 650 and >= 350 TFLOP/s.
+
+    python scripts/bench_kernels.py            # CPU part, plus the GPU part if CUDA is present
+    python scripts/bench_kernels.py --quick    # smaller shapes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import numpy as np
+import psutil
+import torch
+
+from kernels.attention_torch import attention_dense, attention_torch
+from kernels.dispatch import linear_logprob_entropy, memento_attention
+from kernels.logprob_torch import linear_logprob_entropy_torch, logprob_entropy_reference
+
+
+def memento_evict_at(T: int, prompt: int = 512, block: int = 1150, memento: int = 194) -> np.ndarray:
+    """evict_at [T] of one sequence: prompt, then (block, memento) pairs; block content (between
+    its delimiters) is evicted at the memento's last token, the `<|summary_end|>`."""
+    evict_at = np.full(T, T)
+    start = prompt
+    while start + block + memento <= T:
+        summary_end = start + block + memento - 1
+        evict_at[start + 1:start + block - 1] = summary_end
+        start = summary_end + 1
+    return evict_at
+
+
+def visible_fraction(evict_at: np.ndarray) -> float:
+    """Visible (query, key) pairs over causal pairs: key j is seen by queries j..evict_at[j]-1."""
+    T = len(evict_at)
+    return float((evict_at - np.arange(T)).sum() / (T * (T + 1) / 2))
+
+
+def _logprob_case(kind: str, grad: bool, T: int, H: int, V: int):
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(T, H, generator=gen).requires_grad_(grad)
+    weight = (torch.randn(V, H, generator=gen) / H ** 0.5).requires_grad_(grad)
+    targets = torch.randint(0, V, (T,), generator=gen)
+    fn = linear_logprob_entropy_torch if kind == "chunked" else logprob_entropy_reference
+
+    def run():
+        with torch.set_grad_enabled(grad):
+            logprobs, entropy = fn(hidden, weight, targets)
+            if grad:
+                (logprobs.sum() + entropy.sum()).backward()
+    return run
+
+
+def _attention_case(kind: str, grad: bool, T: int, hq: int, hkv: int, d: int):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, T, d, generator=gen).requires_grad_(grad) for h in (hq, hkv, hkv))
+    evict_at = torch.from_numpy(memento_evict_at(T))[None]
+    fn = attention_torch if kind == "chunked" else attention_dense
+
+    def run():
+        with torch.set_grad_enabled(grad):
+            out = fn(q, k, v, evict_at, d ** -0.5)
+            if grad:
+                out.sum().backward()
+    return run
+
+
+def _measure(make, args, warmup_args, queue):
+    """Child process: warm up on tiny inputs (first-call costs such as lazy imports), build the
+    inputs, then report (seconds, peak bytes above the inputs)."""
+    make(*warmup_args)()
+    run = make(*args)
+    base = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    queue.put((seconds, max(peak - base, 0)))
+
+
+def measure(make, args: tuple, warmup_args: tuple) -> tuple[float, int]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(make, args, warmup_args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def compare(title: str, make, naive_args: tuple, ours_args: tuple, shape: tuple, warmup_shape: tuple) -> None:
+    t_naive, m_naive = measure(make, naive_args + shape, naive_args + warmup_shape)
+    t_ours, m_ours = measure(make, ours_args + shape, ours_args + warmup_shape)
+    print(f"{title:<22} time {t_ours:7.2f}s vs {t_naive:7.2f}s (ratio {t_ours / t_naive:5.2f})   "
+          f"peak {m_ours / 2**20:7.0f} MiB vs {m_naive / 2**20:7.0f} MiB (ratio {m_ours / max(m_naive, 1):5.3f})")
+
+
+def cpu_benchmarks(quick: bool) -> None:
+    shape = (1024, 256, 32000) if quick else (4096, 1024, 151936)
+    print("log-prob + entropy head, T={} H={} V={} fp32: chunked vs full logits".format(*shape))
+    for grad in (False, True):
+        label = "forward+backward" if grad else "forward (no_grad)"
+        compare(f"  {label}", _logprob_case, ("naive", grad), ("chunked", grad), shape, (8, 16, 64))
+
+    shape = (2048, 4, 2, 64) if quick else (8192, 8, 2, 128)
+    fraction = visible_fraction(memento_evict_at(shape[0]))
+    print("attention, T={} Hq={} Hkv={} D={} fp32, memento layout with {:.3f} of causal pairs visible: "
+          "chunked vs dense-mask SDPA".format(*shape, fraction))
+    for grad in (False, True):
+        label = "forward+backward" if grad else "forward (no_grad)"
+        compare(f"  {label}", _attention_case, ("dense", grad), ("chunked", grad), shape, (2048, 2, 1, 16))
+
+
+def gpu_benchmarks(quick: bool) -> None:
+    from triton.testing import do_bench
+
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    T, H, V = (4096, 1024, 32000) if quick else (32768, 4096, 151936)
+    hidden = torch.randn(T, H, device=dev, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(V, H, device=dev) / H ** 0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (T,), device=dev)
+    check = slice(0, 512)  # correctness on a slice, against the PyTorch path in fp32
+    got = linear_logprob_entropy(hidden[check], weight, targets[check], backend="triton")
+    want = linear_logprob_entropy(hidden[check].float(), weight.float(), targets[check], backend="torch")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=5e-2, rtol=5e-2)
+    fwd = do_bench(lambda: linear_logprob_entropy(hidden.detach(), weight.detach(), targets, backend="triton"))
+    logprobs, entropy = linear_logprob_entropy(hidden, weight, targets, backend="triton")
+    bwd = do_bench(lambda: torch.autograd.grad(logprobs.sum() + entropy.sum(), (hidden, weight), retain_graph=True))
+    print(f"GPU log-prob T={T} H={H} V={V} bf16: forward {2 * T * H * V / fwd / 1e9:.0f} TFLOP/s (target 650), "
+          f"backward {6 * T * H * V / bwd / 1e9:.0f} TFLOP/s")
+
+    T, hq, hkv, d = (8192, 8, 2, 128) if quick else (32768, 32, 8, 128)
+    evict_np = memento_evict_at(T)
+    evict_at = torch.from_numpy(evict_np)[None].to(dev)
+    q, k, v = (torch.randn(1, h, T, d, device=dev, dtype=dtype, requires_grad=True) for h in (hq, hkv, hkv))
+    n_check = 2048
+    got = memento_attention(q[:, :, :n_check], k[:, :, :n_check], v[:, :, :n_check],
+                            evict_at[:, :n_check].clamp(max=n_check), backend="triton")
+    want = memento_attention(*(x[:, :, :n_check].float() for x in (q, k, v)),
+                             evict_at[:, :n_check].clamp(max=n_check), backend="torch")
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+    pairs = float((evict_np - np.arange(T)).sum())
+    fwd = do_bench(lambda: memento_attention(q.detach(), k.detach(), v.detach(), evict_at, backend="triton"))
+    out = memento_attention(q, k, v, evict_at, backend="triton")
+    grad_out = torch.randn_like(out)
+    bwd = do_bench(lambda: torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True))
+    print(f"GPU attention T={T} Hq={hq} Hkv={hkv} D={d} bf16, {visible_fraction(evict_np):.3f} of causal pairs: "
+          f"forward {4 * d * hq * pairs / fwd / 1e9:.0f} TFLOP/s on visible pairs (target 350), "
+          f"backward {10 * d * hq * pairs / bwd / 1e9:.0f} TFLOP/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes for a smoke run")
+    parser.add_argument("--skip-cpu", action="store_true", help="GPU part only")
+    args = parser.parse_args()
+    if not args.skip_cpu:
+        cpu_benchmarks(args.quick)
+    if torch.cuda.is_available():
+        gpu_benchmarks(args.quick)
+    else:
+        print("GPU part skipped: CUDA is not available")
+
+
+if __name__ == "__main__":
+    main()
