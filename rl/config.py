@@ -117,8 +117,9 @@ class RolloutConfig:
     num_replicas: int = 1
     tensor_model_parallel_size: int = 1
     gpu_memory_utilization: float = 0.1  # on the CPU build: share of RAM for the KV cache
+    kv_cache_memory_bytes: int | None = None  # fixed KV cache size instead (preferred on CPU)
     max_num_seqs: int = 64
-    kv_block_size: int = 16
+    kv_block_size: int = 32  # tokens per KV page; the CPU attention kernel needs a multiple of 32
     enforce_eager: bool = True
     cpus_per_replica: float = 1.0
 

@@ -375,14 +375,20 @@ def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
         gpu * share * arr.rollout.tensor_model_parallel_size,
         lambda r: dict(model_path=model_path, memento=memento,
                        tensor_parallel_size=arr.rollout.tensor_model_parallel_size,
-                       gpu_memory_utilization=arr.rollout.gpu_memory_utilization,
                        max_num_seqs=arr.rollout.max_num_seqs, block_size=arr.rollout.kv_block_size,
+                       **kv_cache_size(arr.rollout),
                        enforce_eager=arr.rollout.enforce_eager,
                        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
                        dtype=arr.model.dtype, seed=trainer.seed + r))
     if trainer.colocate:
         rollout.placement = None  # owned (and removed) by the actor group
     return actor, ref, rollout
+
+
+def kv_cache_size(rollout) -> dict:
+    if rollout.kv_cache_memory_bytes is not None:
+        return {"kv_cache_memory_bytes": rollout.kv_cache_memory_bytes}
+    return {"gpu_memory_utilization": rollout.gpu_memory_utilization}
 
 
 def main(argv: list[str] | None = None) -> None:

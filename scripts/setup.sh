@@ -45,6 +45,13 @@ import importlib
 for name in ("torch", "transformers", "ray", "deepspeed", "hydra", "wandb", "math_verify", "vllm"):
     importlib.import_module(name)
 from transformers import Qwen3ForCausalLM  # fails if a broken torchvision is importable
+from importlib.metadata import PackageNotFoundError, distribution
+try:
+    distribution("kernels")
+    raise SystemExit("Hugging Face's `kernels` distribution is installed here; it shadows our "
+                     "top-level `kernels` package (see README). pip uninstall kernels")
+except PackageNotFoundError:
+    pass
 print("memento-rl environment OK")
 PY
 echo "$want" > "$stamp"

@@ -94,7 +94,7 @@ def test_slow_program_is_a_timeout_verdict():
     result = score_code("</think>```python\nwhile True: pass\n```", tests, LIMITS, partial_credit=False,
                         max_seconds=30)
     assert result.verdict == "timeout" and result.passed == 0
-    assert time.monotonic() - start < LIMITS.wall_seconds + 2  # stopped after the first test
+    assert time.monotonic() - start < LIMITS.wall_seconds + 5  # stopped after the first test
 
 
 def test_sample_time_budget_stops_further_tests():
@@ -103,7 +103,7 @@ def test_sample_time_budget_stops_further_tests():
     start = time.monotonic()
     result = score_code(response, tests, LIMITS, partial_credit=True, max_seconds=1.0)
     assert result.verdict == "timeout" and 0 < result.passed < 50
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 8
 
 
 def test_response_without_code_has_no_answer():
@@ -115,7 +115,7 @@ def test_megabyte_of_unclosed_fences_is_scanned_in_linear_time():
     response = "</think>" + "```python\nx = 1\n" * 70_000 + "```python\nprint(1)\n```"
     start = time.monotonic()
     extract_program(response)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 10.0  # a quadratic scan takes minutes here
 
 
 def test_code_in_another_language_is_not_run():

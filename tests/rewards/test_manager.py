@@ -58,7 +58,7 @@ def test_pathological_check_times_out_scores_zero_and_is_counted(manager):
     assert batch.scores == [0.0, 1.0]
     assert (batch.infos[0].verdict, batch.infos[0].error) == ("timeout", "verifier_timeout")
     assert batch.metrics["reward/timeouts"] == 1 and batch.metrics["reward/verifier_timeouts"] == 1
-    assert time.monotonic() - start < FAST["math_timeout_seconds"] + 3
+    assert time.monotonic() - start < FAST["math_timeout_seconds"] + 6
 
 
 GARBAGE_RESPONSES = ["", None, 12345, b"bytes", "\\boxed{" * 10_000, "x" * (1 << 20), "\udcff\x00😀",

@@ -28,7 +28,7 @@ def test_pathological_expression_costs_at_most_the_timeout(pool):
     start = time.monotonic()
     outcomes = pool.run([POWER_TOWER, GOOD])
     assert [o.status for o in outcomes] == ["timeout", "ok"]
-    assert time.monotonic() - start < TIMEOUT + 1.5
+    assert time.monotonic() - start < TIMEOUT + 5  # slack for a loaded 2-core machine
 
 
 def test_killed_worker_is_replaced_and_the_pool_keeps_working(pool):
