@@ -93,9 +93,37 @@ def attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, evict_a
     return torch.cat(rows, dim=0)
 
 
+def independent_segments(evict_at: torch.Tensor) -> list[tuple[int, int]]:
+    """Split points of a row into spans no query outside can see into: [(start, end), ...].
+
+    A span ends at k when no key before k is visible at or after k (cummax(evict_at)[k-1] <= k):
+    the packed sequences of a micro-batch, found from evict_at alone.
+
+    Args:
+        evict_at: [T] int, one row.
+    """
+    T = evict_at.shape[0]
+    reach = torch.cummax(evict_at, dim=0).values  # [T] furthest query any key up to k reaches
+    ends = torch.nonzero(reach <= torch.arange(1, T + 1, device=evict_at.device)).squeeze(1) + 1
+    bounds = [0, *ends.tolist()]
+    if bounds[-1] != T:
+        bounds.append(T)
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, evict_at: torch.Tensor,
                     scale: float, chunk_size: int = 1024) -> torch.Tensor:
-    """Dense float mask up to `chunk_size` tokens, the chunked path beyond. See `attention_dense`."""
+    """Each packed sequence on its own: a dense float mask up to `chunk_size` tokens, the chunked
+    path beyond. Packing costs no cross-sequence work. See `attention_dense` for Args/Returns."""
     if q.shape[2] <= chunk_size:
         return attention_dense(q, k, v, evict_at, scale)
-    return attention_chunked(q, k, v, evict_at, scale, chunk_size)
+    rows = []
+    for b in range(q.shape[0]):
+        parts = []
+        for start, end in independent_segments(evict_at[b]):
+            args = (q[b:b + 1, :, start:end], k[b:b + 1, :, start:end], v[b:b + 1, :, start:end],
+                    evict_at[b:b + 1, start:end] - start, scale)
+            parts.append(attention_dense(*args) if end - start <= chunk_size
+                         else attention_chunked(*args, chunk_size))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0)

@@ -282,3 +282,20 @@ def load_config(cfg) -> Config:
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     return from_dict(Config, cfg)
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """`a.b=value` command-line arguments (values parsed as YAML) into a nested dict."""
+    import yaml
+
+    values: dict = {}
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {arg!r}")
+        node = values
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values

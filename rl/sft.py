@@ -23,7 +23,7 @@ import numpy as np
 
 from rl.algo_config import AlgoConfig
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
-from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig, from_dict
+from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig, from_dict, parse_overrides
 from rl.sft_data import SFTDataset, SFTSample
 from rollout.layout import MementoConfig
 
@@ -39,6 +39,7 @@ class SFTConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int = 512
     epochs: int = 1
+    max_steps: int = 0  # stop after this many optimizer steps (0: run every epoch)
     batch_size: int = 16  # sequences per optimizer step
     max_tokens_per_micro_batch: int = 4096
     eval_every: int = 20  # optimizer steps between validations (and at the end)
@@ -102,11 +103,15 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     rng = random.Random(cfg.seed)
     best_dir, best, history, step = out / "best", float("inf"), [], 0
     steps_total = cfg.epochs * (len(train) // cfg.batch_size)
+    if cfg.max_steps:
+        steps_total = min(steps_total, cfg.max_steps)
     try:
         for _ in range(cfg.epochs):
             order = list(range(len(train)))
             rng.shuffle(order)
             for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+                if step == steps_total:
+                    break
                 batch = to_batch([train[i] for i in order[start:start + cfg.batch_size]], layout)
                 per_rank = make_mini_batches(batch, [np.arange(len(batch))],
                                              cfg.max_tokens_per_micro_batch, len(group))
@@ -145,18 +150,7 @@ def validation_loss(group, data: SFTDataset, layout: MementoConfig | None, cfg: 
 
 
 def main(argv: list[str]) -> None:
-    """`key=value` arguments (dotted keys, YAML values) into an SFTConfig."""
-    import yaml
-
-    values: dict = {}
-    for arg in argv:
-        key, _, raw = arg.partition("=")
-        node = values
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
-    result = run_sft(from_dict(SFTConfig, values))
+    result = run_sft(from_dict(SFTConfig, parse_overrides(argv)))
     print(f"best checkpoint: {result.best_dir} (val loss {result.best_val_loss:.4f})")
 
 

@@ -99,3 +99,17 @@ def test_triton_attention_backward_is_deterministic(layout):
     first, second = (_grads(attention_triton(q, k, v, evict_at, 0.25, 16, 16), (q, k, v)) for _ in range(2))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_torch_path_splits_packed_rows_into_independent_sequences():
+    from kernels.attention_torch import attention_dense, attention_torch, independent_segments
+
+    torch.manual_seed(0)
+    lengths = [5, 9, 3, 7]
+    evict_at = torch.cat([torch.full((n,), n) + sum(lengths[:i]) for i, n in enumerate(lengths)])
+    evict_at[6] = 8  # an eviction inside the second sequence keeps its span whole
+    assert independent_segments(evict_at) == [(0, 5), (5, 14), (14, 17), (17, 24)]
+    q, k, v = (torch.randn(1, 2, 24, 8, dtype=torch.float64) for _ in range(3))
+    want = attention_dense(q, k, v, evict_at[None], 8 ** -0.5)
+    got = attention_torch(q, k, v, evict_at[None], 8 ** -0.5, chunk_size=6)  # 9 > 6: chunked
+    torch.testing.assert_close(got, want)
