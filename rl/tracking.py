@@ -1,12 +1,13 @@
 """Metrics out: one console line per step and a wandb run (offline mode needs no account).
 
-    WANDB_MODE=offline  (default of scripts/run.sh) writes the run under <run dir>/wandb;
-    `wandb sync <that dir>` uploads it later.
+    WANDB_MODE=offline (the default) writes the run under <run dir>/wandb; `wandb sync <that dir>`
+    uploads it later. WANDB_MODE=online logs live (needs `wandb login`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -44,8 +45,10 @@ class Tracker:
             import wandb
 
             run_dir.mkdir(parents=True, exist_ok=True)
+            # Offline unless the user asks for online: a run never needs an account.
             self.wandb = wandb.init(project=project, name=experiment, dir=str(run_dir),
-                                    config=config, id=resume_id, resume="allow" if resume_id else None)
+                                    config=config, id=resume_id, resume="allow" if resume_id else None,
+                                    mode=os.environ.get("WANDB_MODE", "offline"))
 
     @property
     def run_id(self) -> str | None:

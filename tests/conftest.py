@@ -2,7 +2,11 @@
 
 import os
 
-# Set before any test module imports ray / transformers / wandb.
+# Set before any test module imports ray / transformers / wandb / triton.
+# Triton kernels run on CPU only in the interpreter, and `@triton.jit` reads this at decoration
+# time; transformers' modeling code imports triton (through torch._dynamo), so it must be set
+# before any test file imports transformers. (vLLM's CPU build does not use Triton.)
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray port on 127.0.0.1
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

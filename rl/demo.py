@@ -1,0 +1,223 @@
+"""The default run (README command 1): the whole MEMENTO method on a CPU in minutes.
+
+    python -m rl.demo                          # = bash scripts/run.sh
+    python -m rl.demo rl_steps=30 sft_steps_full=400 out_dir=outputs/demo2
+
+1. build a tokenizer with the memento tokens and a small random Qwen3 model (no downloads);
+2. generate the built-in block-structured arithmetic task and memento-format solution traces;
+3. SFT stage 1 (full causal attention), then stage 2 (memento layout) from the best stage-1
+   checkpoint;
+4. evaluate held-out accuracy through the memento vLLM engine;
+5. GRPO through the memento engine with the math verifier (rl.train.Trainer);
+6. evaluate again, then print a summary table (accuracy after SFT and after RL, blocks per
+   response, peak KV with mementos against full attention as the engine measured it) and write
+   PNG plots: reward and accuracy over steps, and live KV over one generated trace.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rl.config import Config, OptimConfig, from_dict, parse_overrides
+from rl.eval import EvalConfig, evaluate
+from rl.sft import SFTConfig, run_sft
+from rl.tasks import ArithConfig, write_arith_datasets
+
+
+@dataclass
+class DemoConfig:
+    out_dir: str = "outputs/demo"
+    seed: int = 0
+    # model: a small Qwen3 (about 0.9M parameters)
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    # task
+    min_steps: int = 2
+    max_steps: int = 3
+    ops: list[str] = field(default_factory=lambda: ["add", "sub"])
+    value_max: int = 99
+    n_train: int = 4000
+    n_heldout: int = 200
+    # SFT
+    sft_steps_full: int = 250
+    sft_steps_memento: int = 100
+    sft_batch_size: int = 16
+    sft_lr: float = 3e-3
+    # GRPO
+    rl_steps: int = 20
+    rl_prompts: int = 8
+    rl_group: int = 8
+    rl_lr: float = 2e-5
+    # evaluation: pass@1 with sampling at the RL temperature
+    eval_temperature: float = 1.0
+    max_response_length: int = 320
+
+
+def main(argv: list[str]) -> None:
+    cfg = from_dict(DemoConfig, parse_overrides(argv))
+    started = time.perf_counter()
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1-2. model and data
+    from rollout.tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(out / "base_model", seed=cfg.seed, hidden_size=cfg.hidden_size,
+                                 intermediate_size=3 * cfg.hidden_size,
+                                 num_hidden_layers=cfg.num_hidden_layers, initializer_range=0.02)
+    task = ArithConfig(min_steps=cfg.min_steps, max_steps=cfg.max_steps, ops=tuple(cfg.ops),
+                       value_max=cfg.value_max)
+    files = write_arith_datasets(out / "data", n_train=cfg.n_train, n_val=cfg.n_heldout,
+                                 seed=cfg.seed, cfg=task)
+    sft_val = split_off(files.sft_train, out / "data" / "arith_sft_select.jsonl", 64)
+    stamp(started, f"model at {model_dir}, data at {out / 'data'}")
+
+    # 3. two-stage SFT
+    common = dict(train_files=[str(files.sft_train)], val_files=[str(sft_val)], max_length=512,
+                  batch_size=cfg.sft_batch_size, max_tokens_per_micro_batch=8192, seed=cfg.seed,
+                  optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=10))
+    stage1 = run_sft(SFTConfig(model_path=str(model_dir), stage="full", output_dir=str(out / "sft_full"),
+                               epochs=100, max_steps=cfg.sft_steps_full, eval_every=50, **common))
+    stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
+                               output_dir=str(out / "sft_memento"), epochs=100,
+                               max_steps=cfg.sft_steps_memento, eval_every=25, **common))
+    stamp(started, f"SFT done: stage 1 val loss {stage1.best_val_loss:.4f}, "
+                   f"stage 2 val loss {stage2.best_val_loss:.4f}")
+
+    # 4. held-out accuracy after SFT
+    before = heldout_eval(stage2.best_dir, files.rl_val, out / "eval_sft", cfg)
+    stamp(started, f"after SFT: accuracy {before['accuracy']:.3f}")
+
+    # 5. GRPO through the memento engine
+    from rl.train import Trainer
+
+    rl_cfg = from_dict(Config, {
+        "data": {"train_files": [str(files.rl_train)], "train_batch_size": cfg.rl_prompts,
+                 "max_prompt_length": 128, "max_response_length": cfg.max_response_length,
+                 "seed": cfg.seed},
+        "actor_rollout_ref": {
+            "model": {"path": str(stage2.best_dir)},
+            "actor": {"ppo_mini_batch_size": cfg.rl_prompts, "ppo_max_token_len_per_gpu": 8192,
+                      "optim": {"lr": cfg.rl_lr}},
+            "rollout": {"n": cfg.rl_group, "temperature": 1.0, "kv_cache_memory_bytes": 512 << 20}},
+        "trainer": {"total_training_steps": cfg.rl_steps, "save_freq": 0, "resume": False,
+                    "default_local_dir": str(out / "grpo"), "experiment_name": "demo-grpo",
+                    "seed": cfg.seed}})
+    trainer = Trainer(rl_cfg)
+    try:
+        history = trainer.fit()
+        wandb_dir = trainer.tracker.run_path
+    finally:
+        trainer.close()
+    stamp(started, "GRPO done")
+
+    # 6. held-out accuracy after RL, summary and plots
+    after = heldout_eval(out / "grpo" / "hf", files.rl_val, out / "eval_rl", cfg)
+    plots = write_plots(out, history, after)
+    summary = {"accuracy_after_sft": before["accuracy"], "accuracy_after_rl": after["accuracy"],
+               "accuracy_stderr_after_rl": after["stderr"], "heldout_problems": cfg.n_heldout,
+               "blocks_per_response": after["blocks"], "peak_kv_memento": after["peak"],
+               "peak_kv_full": after["full_peak"], "evictions_per_response": after["evictions"],
+               "minutes": (time.perf_counter() - started) / 60, "wandb_run": wandb_dir,
+               "plots": [str(p) for p in plots], "config": asdict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+
+
+def split_off(path: Path, dest: Path, count: int) -> Path:
+    """Move the last `count` rows of a jsonl file into `dest` (checkpoint-selection data)."""
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-count]) + "\n")
+    dest.write_text("\n".join(lines[-count:]) + "\n")
+    return dest
+
+
+def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) -> dict:
+    """pass@1 on the held-out problems through the memento engine, with its KV counters."""
+    summary = evaluate(EvalConfig(
+        model_path=str(model_dir), benchmark_files=[str(rl_val)], output_dir=str(out_dir), n=1,
+        temperature=cfg.eval_temperature, top_p=1.0, top_k=0, max_tokens=cfg.max_response_length,
+        seed=cfg.seed + 1, dtype="float32", kv_cache_memory_bytes=512 << 20, save_responses=True))
+    records = [json.loads(line) for line in (out_dir / "problems.jsonl").read_text().splitlines()]
+    responses = [r for rec in records for r in rec["responses"]]
+    (bench,) = summary["benchmarks"].values()  # one benchmark file
+    return {"accuracy": bench["pass@1"], "stderr": bench["pass@1_se"],
+            "blocks": float(np.mean([r["blocks"] for r in responses])),
+            "peak": float(np.mean([r["engine_peak_tokens"] for r in responses])),
+            "full_peak": float(np.mean([r["full_peak_tokens"] for r in responses])),
+            "evictions": float(np.mean([r["num_evictions"] for r in responses])),
+            "records": records}
+
+
+def write_plots(out: Path, history: list[dict], after: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(history) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["reward/mean"] for h in history], label="reward")
+    ax.plot(steps, [h["reward/accuracy"] for h in history], label="accuracy (train batch)")
+    ax.set_xlabel("GRPO step")
+    ax.legend()
+    ax.set_title("GRPO on the arithmetic task")
+    fig.tight_layout()
+    curves = out / "grpo_reward.png"
+    fig.savefig(curves, dpi=120)
+    plt.close(fig)
+
+    from transformers import AutoTokenizer
+
+    from rollout.layout import MementoConfig, evict_at, live_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "grpo" / "hf")
+    layout = MementoConfig.from_tokenizer(tokenizer)
+    trace = max((r for rec in after["records"] for r in rec["responses"]),
+                key=lambda r: r["num_evictions"])
+    ids = tokenizer(trace["text"], add_special_tokens=False)["input_ids"]
+    live = live_tokens(evict_at(ids, layout))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(live, label="memento (live KV)")
+    ax.plot(np.arange(1, len(ids) + 1), "--", label="full attention")
+    ax.set_xlabel("response token")
+    ax.set_ylabel("response KV tokens held (prompt excluded)")
+    ax.legend()
+    ax.set_title("Live KV over one generated trace")
+    fig.tight_layout()
+    sawtooth = out / "kv_sawtooth.png"
+    fig.savefig(sawtooth, dpi=120)
+    plt.close(fig)
+    return [curves, sawtooth]
+
+
+def print_summary(s: dict) -> None:
+    rows = [
+        ("held-out accuracy after SFT", f"{s['accuracy_after_sft']:.3f}"),
+        ("held-out accuracy after RL", f"{s['accuracy_after_rl']:.3f} "
+                                        f"(+/- {s['accuracy_stderr_after_rl']:.3f})"),
+        ("held-out problems", str(s["heldout_problems"])),
+        ("blocks per response", f"{s['blocks_per_response']:.2f}"),
+        ("evictions per response (engine)", f"{s['evictions_per_response']:.2f}"),
+        ("peak KV tokens, memento (engine)", f"{s['peak_kv_memento']:.1f}"),
+        ("peak KV tokens, full attention", f"{s['peak_kv_full']:.1f}"),
+        ("wall time", f"{s['minutes']:.1f} min"),
+        ("wandb run (offline)", str(s["wandb_run"])),
+        ("plots", ", ".join(s["plots"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows), flush=True)
+
+
+def stamp(started: float, message: str) -> None:
+    print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

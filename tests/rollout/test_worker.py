@@ -1,0 +1,53 @@
+"""The Ray rollout worker on a loopback Ray cluster: generation and weight sync via object store."""
+
+import pytest
+import ray
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rollout.engine import Sampling, block_script
+from rollout.layout import MementoConfig
+from rollout.reference import reference_generate
+from rollout.tiny_model import build_tiny_model
+from rollout.worker import create_rollout_workers, push_weights_via_object_store
+
+pytestmark = pytest.mark.slow
+
+PROMPT = list(b"Weights, then words.")
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    ray.init(num_cpus=2, include_dashboard=False)
+    [worker] = create_rollout_workers(1, str(tiny_model_dir), memento={}, dtype="float32",
+                                      block_size=32, max_model_len=1024,
+                                      kv_cache_memory_bytes=64 << 20, seed=0)
+    yield worker
+    ray.get(worker.shutdown.remote())
+    ray.shutdown()
+
+
+def test_update_weights_makes_the_engine_generate_what_the_new_weights_generate(
+        worker, tiny_model_dir, tmp_path):
+    cfg = MementoConfig.from_tokenizer(AutoTokenizer.from_pretrained(tiny_model_dir))
+    script, end = block_script(cfg, [(40, 6), (40, 6)])  # two evictions on the way
+    ban = (cfg.block_start, cfg.block_end, cfg.summary_start, cfg.summary_end)
+    sampling = Sampling(temperature=0.0, max_tokens=end + 10, script=script, ban_token_ids=ban,
+                        ignore_eos=True)
+
+    def greedy(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+        ids, _ = reference_generate(model, PROMPT, end + 10, cfg, script=script,
+                                    ban_token_ids=ban)
+        return model, ids
+
+    _, old_ids = greedy(tiny_model_dir)
+    new_model, new_ids = greedy(build_tiny_model(tmp_path / "reseeded", seed=1))
+    assert old_ids != new_ids
+
+    before = ray.get(worker.generate.remote([PROMPT], sampling))[0]
+    push_weights_via_object_store([worker], new_model.state_dict().items())
+    ray.get([worker.sleep.remote(), worker.wake_up.remote()])  # no-ops on CPU, must not break
+    after = ray.get(worker.generate.remote([PROMPT], sampling))[0]
+    assert before.response_ids == old_ids
+    assert after.response_ids == new_ids
+    assert after.num_evictions == 2
