@@ -86,6 +86,8 @@ class AlgoConfig:
             token weight min(exp(old - rollout), cap); None disables it (verl used -1).
         filter_groups: DAPO dynamic sampling.
         overlong_buffer: DAPO soft overlong punishment.
+        overlong_filter: DAPO overlong filtering: responses cut at the max length carry no loss
+            (they still count in their group's advantage statistics).
     """
 
     adv_estimator: AdvEstimator = "grpo"
@@ -106,6 +108,7 @@ class AlgoConfig:
     tis_imp_ratio_cap: float | None = None
     filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
     overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
+    overlong_filter: bool = False
 
     def __post_init__(self) -> None:
         for key, choices in _CHOICES.items():

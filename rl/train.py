@@ -89,6 +89,9 @@ class Trainer:
             # 2. the layout the engine used, for every sequence
             with timed("layout", timing):
                 batch.compute_layout(self.memento)
+                if cfg.algorithm.overlong_filter:  # DAPO: truncated responses carry no loss
+                    cut = torch.tensor([f == "length" for f in batch.finish_reasons])
+                    batch.response_mask[cut] = 0.0
             # 3. old-policy and reference log-probs under that layout
             with timed("old_logprob", timing):
                 batch.old_logprobs, entropy = self.logprobs(self.actor, batch, with_entropy=True)

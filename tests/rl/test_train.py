@@ -79,11 +79,14 @@ def test_two_steps_equal_one_step_then_resume_then_one_step(tiny_model_dir, tmp_
 
 
 def test_reward_rises_on_a_learnable_toy_reward(tiny_model_dir, tmp_path):
+    """The paper's algorithm: CISPO with a KL loss to a reference worker."""
     cfg = tiny_config(tmp_path / "toy", tiny_model_dir, steps=8,
                       data={"train_batch_size": 4, "max_prompt_length": 128,
                             "max_response_length": 32},
+                      algorithm={"loss_mode": "cispo", "use_kl_loss": True, "kl_loss_coef": 0.001},
                       trainer={"save_freq": 0, "logger": ["console"]})
     history = run(cfg)
+    assert all("actor/kl_loss" in h for h in history)
     rewards = [h["reward/mean"] for h in history]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.05, rewards
 
