@@ -113,17 +113,40 @@ def independent_segments(evict_at: torch.Tensor) -> list[tuple[int, int]]:
 
 def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, evict_at: torch.Tensor,
                     scale: float, chunk_size: int = 1024) -> torch.Tensor:
-    """Each packed sequence on its own: a dense float mask up to `chunk_size` tokens, the chunked
-    path beyond. Packing costs no cross-sequence work. See `attention_dense` for Args/Returns."""
+    """Each packed sequence on its own, so packing costs no cross-sequence work: sequences up to
+    `chunk_size` tokens go through one batched dense-mask call (padded to the longest), longer ones
+    through the chunked path. See `attention_dense` for Args/Returns."""
     if q.shape[2] <= chunk_size:
         return attention_dense(q, k, v, evict_at, scale)
-    rows = []
-    for b in range(q.shape[0]):
-        parts = []
-        for start, end in independent_segments(evict_at[b]):
-            args = (q[b:b + 1, :, start:end], k[b:b + 1, :, start:end], v[b:b + 1, :, start:end],
-                    evict_at[b:b + 1, start:end] - start, scale)
-            parts.append(attention_dense(*args) if end - start <= chunk_size
-                         else attention_chunked(*args, chunk_size))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows, dim=0)
+    spans = [(b, start, end) for b in range(q.shape[0])
+             for start, end in independent_segments(evict_at[b])]
+    out = torch.empty_like(q)
+    short = [s for s in spans if s[2] - s[1] <= chunk_size]
+    if short:
+        for (b, start, end), o in zip(short, _attention_batched(q, k, v, evict_at, short, scale)):
+            out[b, :, start:end] = o
+    for b, start, end in spans:
+        if end - start > chunk_size:
+            out[b:b + 1, :, start:end] = attention_chunked(
+                q[b:b + 1, :, start:end], k[b:b + 1, :, start:end], v[b:b + 1, :, start:end],
+                evict_at[b:b + 1, start:end] - start, scale, chunk_size)
+    return out
+
+
+def _attention_batched(q, k, v, evict_at, spans, scale) -> list[torch.Tensor]:
+    """Dense-mask attention of several spans at once, padded to the longest span.
+
+    A padding key j gets evict_at = L_max: real queries (i < j) never see it, and each padding
+    query sees at least itself, so no softmax row is empty. Returns per span [Hq, L, D].
+    """
+    longest = max(end - start for _, start, end in spans)
+
+    def stack(t):
+        return torch.stack([F.pad(t[b, :, start:end], (0, 0, 0, longest - (end - start)))
+                            for b, start, end in spans])
+
+    ev = torch.full((len(spans), longest), longest, dtype=evict_at.dtype, device=evict_at.device)
+    for i, (b, start, end) in enumerate(spans):
+        ev[i, :end - start] = evict_at[b, start:end] - start
+    out = attention_dense(stack(q), stack(k), stack(v), ev, scale)
+    return [out[i, :, :end - start] for i, (_, start, end) in enumerate(spans)]

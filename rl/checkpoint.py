@@ -7,7 +7,8 @@ directories are removed on the next save. Only the newest `keep` checkpoints are
 
 Layout of one checkpoint:
     actor/             DeepSpeed state of every actor rank (model, optimizer, scheduler, RNG)
-    trainer_state.json step counter, data-loader position, controller RNG
+    trainer_state.json step counter, data-loader position, wandb run id (rollout seeds derive
+                       from the step, so nothing else is needed to replay the run)
 """
 
 from __future__ import annotations

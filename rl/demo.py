@@ -41,19 +41,19 @@ class DemoConfig:
     min_steps: int = 2
     max_steps: int = 3
     ops: list[str] = field(default_factory=lambda: ["add", "sub"])
-    value_max: int = 99
+    value_max: int = 50
     n_train: int = 4000
     n_heldout: int = 200
     # SFT
-    sft_steps_full: int = 250
-    sft_steps_memento: int = 100
+    sft_steps_full: int = 600
+    sft_steps_memento: int = 200
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
     # GRPO
-    rl_steps: int = 20
+    rl_steps: int = 30
     rl_prompts: int = 8
     rl_group: int = 8
-    rl_lr: float = 2e-5
+    rl_lr: float = 1e-4
     # evaluation: pass@1 with sampling at the RL temperature
     eval_temperature: float = 1.0
     max_response_length: int = 320
@@ -156,45 +156,44 @@ def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) 
 
 
 def write_plots(out: Path, history: list[dict], after: dict) -> list[Path]:
+    """Reward and accuracy over GRPO steps; live KV over the most-evicting held-out trace."""
+    from transformers import AutoTokenizer
+
+    from rollout.layout import MementoConfig, evict_at, live_tokens
+
+    steps = np.arange(1, len(history) + 1)
+    curves = line_plot(out / "grpo_reward.png", "GRPO on the arithmetic task", "GRPO step", None,
+                       [(steps, [h["reward/mean"] for h in history], "reward", "-"),
+                        (steps, [h["reward/accuracy"] for h in history], "accuracy (train batch)", "-")])
+    tokenizer = AutoTokenizer.from_pretrained(out / "grpo" / "hf")
+    trace = max((r for rec in after["records"] for r in rec["responses"]),
+                key=lambda r: r["num_evictions"])
+    ids = tokenizer(trace["text"], add_special_tokens=False)["input_ids"]
+    live = live_tokens(evict_at(ids, MementoConfig.from_tokenizer(tokenizer)))
+    positions = np.arange(1, len(ids) + 1)
+    sawtooth = line_plot(out / "kv_sawtooth.png", "Live KV over one generated trace",
+                         "response token", "response KV tokens held (prompt excluded)",
+                         [(positions, live, "memento (live KV)", "-"),
+                          (positions, positions, "full attention", "--")])
+    return [curves, sawtooth]
+
+
+def line_plot(path: Path, title: str, xlabel: str, ylabel: str | None, series: list) -> Path:
+    """A PNG of (x, y, label, linestyle) series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.arange(1, len(history) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [h["reward/mean"] for h in history], label="reward")
-    ax.plot(steps, [h["reward/accuracy"] for h in history], label="accuracy (train batch)")
-    ax.set_xlabel("GRPO step")
+    for x, y, label, style in series:
+        ax.plot(x, y, style, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel or "")
     ax.legend()
-    ax.set_title("GRPO on the arithmetic task")
     fig.tight_layout()
-    curves = out / "grpo_reward.png"
-    fig.savefig(curves, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-
-    from transformers import AutoTokenizer
-
-    from rollout.layout import MementoConfig, evict_at, live_tokens
-
-    tokenizer = AutoTokenizer.from_pretrained(out / "grpo" / "hf")
-    layout = MementoConfig.from_tokenizer(tokenizer)
-    trace = max((r for rec in after["records"] for r in rec["responses"]),
-                key=lambda r: r["num_evictions"])
-    ids = tokenizer(trace["text"], add_special_tokens=False)["input_ids"]
-    live = live_tokens(evict_at(ids, layout))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(live, label="memento (live KV)")
-    ax.plot(np.arange(1, len(ids) + 1), "--", label="full attention")
-    ax.set_xlabel("response token")
-    ax.set_ylabel("response KV tokens held (prompt excluded)")
-    ax.legend()
-    ax.set_title("Live KV over one generated trace")
-    fig.tight_layout()
-    sawtooth = out / "kv_sawtooth.png"
-    fig.savefig(sawtooth, dpi=120)
-    plt.close(fig)
-    return [curves, sawtooth]
+    return path
 
 
 def print_summary(s: dict) -> None:

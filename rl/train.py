@@ -13,7 +13,6 @@ Rewards are scored here, in the reward manager's own process pool.
 from __future__ import annotations
 
 import dataclasses
-import random
 import sys
 import time
 from dataclasses import asdict
@@ -53,7 +52,6 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              keep=cfg.trainer.max_checkpoints_to_keep)
         self.step_count = 0
-        self.rng = random.Random(cfg.trainer.seed)
 
         cluster.init_ray(cfg.trainer.ray_address)
         self.actor, self.ref, self.rollout = start_workers(cfg, self.model_path, self.memento)
@@ -276,7 +274,6 @@ class Trainer:
             write_json(tmp / "trainer_state.json", {
                 "step": self.step_count,
                 "loader": self.loader.state_dict(),
-                "rng": repr(self.rng.getstate()),
                 "wandb_id": self.tracker.run_id,
             })
         return self.checkpoints.save(self.step_count, write)
@@ -289,7 +286,6 @@ class Trainer:
         state = read_json(latest / "trainer_state.json")
         self.actor.call("load_checkpoint", str(latest / "actor"))
         self.loader.load_state_dict(state["loader"])
-        self.rng.setstate(eval(state["rng"], {"__builtins__": {}}))  # a tuple literal we wrote
         self.step_count = state["step"]
         self.sync_weights()
         print(f"resumed from {latest} at step {self.step_count}", flush=True)

@@ -109,7 +109,12 @@ def test_torch_path_splits_packed_rows_into_independent_sequences():
     evict_at = torch.cat([torch.full((n,), n) + sum(lengths[:i]) for i, n in enumerate(lengths)])
     evict_at[6] = 8  # an eviction inside the second sequence keeps its span whole
     assert independent_segments(evict_at) == [(0, 5), (5, 14), (14, 17), (17, 24)]
-    q, k, v = (torch.randn(1, 2, 24, 8, dtype=torch.float64) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 24, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, 2, 24, 8, dtype=torch.float64)
     want = attention_dense(q, k, v, evict_at[None], 8 ** -0.5)
-    got = attention_torch(q, k, v, evict_at[None], 8 ** -0.5, chunk_size=6)  # 9 > 6: chunked
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+    # 9 > 6: the second sequence takes the chunked path, the others one batched padded call
+    got = attention_torch(q, k, v, evict_at[None], 8 ** -0.5, chunk_size=6)
     torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, (q, k, v), grad), want_grads):
+        torch.testing.assert_close(g, w)

@@ -1,7 +1,6 @@
 """Two-stage SFT end to end: full attention, then the memento layout from the best checkpoint."""
 
 import pytest
-import ray
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import OptimConfig
@@ -9,15 +8,6 @@ from rl.sft import SFTConfig, run_sft
 from rl.tasks import ArithConfig, write_arith_datasets
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_two_stage_sft_lowers_validation_loss_and_exports_a_loadable_model(ray_local, tiny_model_dir,

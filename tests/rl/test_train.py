@@ -13,17 +13,8 @@ from rl.cluster import WorkerFailed
 from rl.config import Config, from_dict
 from rl.train import Trainer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 TOY = str(Path(__file__).with_name("toy_reward.py")) + ":digit_share"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def tiny_config(run_dir, model_dir, steps, **sections) -> Config:
