@@ -21,14 +21,16 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        # Keep every port on loopback unless the user runs a real cluster.
+        # Keep every port on loopback unless the user runs a real cluster. CPUs are scheduling
+        # slots here: a laptop must still fit actor + reference + rollout workers, so advertise
+        # at least 8 (the OS shares the real cores).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
+        ray.init(num_cpus=max(os.cpu_count() or 1, 8), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=True)
 
