@@ -45,17 +45,18 @@ class DemoConfig:
     n_train: int = 4000
     n_heldout: int = 200
     # SFT
-    sft_steps_full: int = 600
-    sft_steps_memento: int = 200
+    sft_steps_full: int = 500
+    sft_steps_memento: int = 150
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
     # GRPO
     rl_steps: int = 30
     rl_prompts: int = 8
     rl_group: int = 8
-    rl_lr: float = 1e-4
-    # evaluation: pass@1 with sampling at the RL temperature
+    rl_lr: float = 3e-4
+    # evaluation: pass@1 with sampling at the RL temperature, `eval_samples` per problem
     eval_temperature: float = 1.0
+    eval_samples: int = 4
     max_response_length: int = 320
 
 
@@ -141,7 +142,8 @@ def split_off(path: Path, dest: Path, count: int) -> Path:
 def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) -> dict:
     """pass@1 on the held-out problems through the memento engine, with its KV counters."""
     summary = evaluate(EvalConfig(
-        model_path=str(model_dir), benchmark_files=[str(rl_val)], output_dir=str(out_dir), n=1,
+        model_path=str(model_dir), benchmark_files=[str(rl_val)], output_dir=str(out_dir),
+        n=cfg.eval_samples,
         temperature=cfg.eval_temperature, top_p=1.0, top_k=0, max_tokens=cfg.max_response_length,
         seed=cfg.seed + 1, dtype="float32", kv_cache_memory_bytes=512 << 20, save_responses=True))
     records = [json.loads(line) for line in (out_dir / "problems.jsonl").read_text().splitlines()]

@@ -108,6 +108,9 @@ def compare(title: str, make, naive_args: tuple, ours_args: tuple, shape: tuple,
     t_ours, m_ours = measure(make, ours_args + shape, ours_args + warmup_shape)
     print(f"{title:<22} time {t_ours:7.2f}s vs {t_naive:7.2f}s (ratio {t_ours / t_naive:5.2f})   "
           f"peak {m_ours / 2**20:7.0f} MiB vs {m_naive / 2**20:7.0f} MiB (ratio {m_ours / max(m_naive, 1):5.3f})")
+    name = "_".join(title.replace("(", "").replace(")", "").replace("+", "_").split())
+    print(f"RESULT {name}_time {t_ours / t_naive:.3f} ratio ours/naive {shape}")
+    print(f"RESULT {name}_peak_memory {m_ours / max(m_naive, 1):.3f} ratio ours/naive {shape}")
 
 
 def cpu_benchmarks(quick: bool) -> None:

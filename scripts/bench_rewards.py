@@ -36,6 +36,8 @@ def bench_math(manager: RewardManager, n: int) -> None:
         inline = timed(lambda: [score_math(r, t, "math") for r, t in zip(responses, truths)])
         print(f"math {name:8} {n / pooled:8.0f} verifications/s with {manager.config.math_workers} workers; "
               f"{n / inline:8.0f}/s in-process on 1 core (ratio {inline / pooled:.2f})")
+        print(f"RESULT math_{name}_verifications_per_second {n / pooled:.0f} 1/s "
+              f"{manager.config.math_workers} pool workers")
 
 
 def bench_code(n: int, workers: int) -> None:
@@ -49,6 +51,7 @@ def bench_code(n: int, workers: int) -> None:
         print(f"code {isolation:8} {n / seconds:8.1f} samples/s ({3 * n / seconds:.1f} sandbox runs/s) "
               f"with {workers} concurrent sandboxes")
     print(f"code isolation cost: namespaces run at {rates['auto'] / rates['audit']:.2f}x the fallback's rate")
+    print(f"RESULT code_samples_per_second {rates['auto']:.2f} 1/s {workers} sandboxes, 3 tests each")
 
 
 HOSTILE = {
@@ -72,6 +75,7 @@ def bench_hostile(manager: RewardManager) -> None:
         seconds = time.monotonic() - start
         worst = max(worst, seconds)
         print(f"hostile {name:36} {seconds:6.2f}s score={batch.scores[0]} verdict={batch.infos[0].verdict}")
+    print(f"RESULT hostile_worst_latency {worst:.2f} s slowest hostile input to score")
     print(f"worst-case hostile latency {worst:.2f}s (limits: math {manager.config.math_timeout_seconds}s, "
           f"code {manager.config.code_test_seconds}s per test)")
 

@@ -13,7 +13,8 @@ def test_scaled_down_pipeline_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     main([f"out_dir={out}", "hidden_size=64", "num_hidden_layers=2", "n_train=300",
           "n_heldout=16", "sft_steps_full=6", "sft_steps_memento=4", "sft_batch_size=8",
-          "rl_steps=2", "rl_prompts=2", "rl_group=4", "max_response_length=160"])
+          "rl_steps=2", "rl_prompts=2", "rl_group=4", "max_response_length=160",
+          "eval_samples=1"])
     summary = json.loads((out / "summary.json").read_text())
     for key in ("accuracy_after_sft", "accuracy_after_rl", "blocks_per_response", "peak_kv_memento",
                 "peak_kv_full"):
