@@ -19,8 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rl.algo_config import AlgoConfig
 from rewards.manager import RewardConfig
+from rl.algo_config import AlgoConfig
+from rollout.layout import MementoConfig
 
 
 @dataclass
@@ -38,6 +39,13 @@ class MementoOptions:
     def __post_init__(self) -> None:
         if self.keep_last_n_blocks < -1:
             raise ValueError(f"keep_last_n_blocks must be >= -1, got {self.keep_last_n_blocks}")
+
+    def layout(self, tokenizer) -> MementoConfig:
+        """The layout these options give with the tokenizer's memento token ids."""
+        return MementoConfig.from_tokenizer(
+            tokenizer, mask_delimiters=self.mask_delimiters,
+            keep_last_n_blocks=self.keep_last_n_blocks,
+            keep_last_block_for_answer=self.keep_last_block_for_answer)
         if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
             raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0")
 

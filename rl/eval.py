@@ -315,9 +315,8 @@ def build_engine(cfg: EvalConfig, max_model_len: int):
 
 def layout_for(cfg: EvalConfig, tokenizer) -> MementoConfig | None:
     """The layout responses are replayed under; None when the tokenizer has no memento tokens."""
-    options = {k: v for k, v in asdict(cfg.memento).items() if k != "enable"}
     try:
-        return MementoConfig.from_tokenizer(tokenizer, **options)
+        return cfg.memento.layout(tokenizer)
     except ValueError:
         if cfg.memento.enable:
             raise

@@ -84,12 +84,7 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model_path, out)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    layout = None
-    if cfg.stage == "memento":
-        m = cfg.memento
-        layout = MementoConfig.from_tokenizer(
-            tokenizer, mask_delimiters=m.mask_delimiters, keep_last_n_blocks=m.keep_last_n_blocks,
-            keep_last_block_for_answer=m.keep_last_block_for_answer)
+    layout = cfg.memento.layout(tokenizer) if cfg.stage == "memento" else None
     train = SFTDataset(cfg.train_files, tokenizer, cfg.max_length)
     val = SFTDataset(cfg.val_files, tokenizer, cfg.max_length) if cfg.val_files else None
     log(f"sft[{cfg.stage}]: {len(train)} train / {len(val) if val else 0} val sequences")

@@ -334,11 +334,7 @@ def resolve_model_path(path: str, run_dir: Path) -> str:
 
 def memento_config(cfg: Config, tokenizer) -> MementoConfig | None:
     opts = cfg.actor_rollout_ref.model.memento
-    if not opts.enable:
-        return None
-    return MementoConfig.from_tokenizer(
-        tokenizer, mask_delimiters=opts.mask_delimiters, keep_last_n_blocks=opts.keep_last_n_blocks,
-        keep_last_block_for_answer=opts.keep_last_block_for_answer)
+    return opts.layout(tokenizer) if opts.enable else None
 
 
 def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
