@@ -45,7 +45,7 @@ class DemoConfig:
     n_train: int = 4000
     n_heldout: int = 200
     # SFT
-    sft_steps_full: int = 500
+    sft_steps_full: int = 450
     sft_steps_memento: int = 150
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
@@ -53,7 +53,7 @@ class DemoConfig:
     rl_steps: int = 30
     rl_prompts: int = 8
     rl_group: int = 8
-    rl_lr: float = 3e-4
+    rl_lr: float = 1e-4
     # evaluation: pass@1 with sampling at the RL temperature, `eval_samples` per problem
     eval_temperature: float = 1.0
     eval_samples: int = 4
