@@ -13,7 +13,7 @@ vLLM in the same environment is unaffected.
   attention physical slot positions and sequence lengths while RoPE keeps logical positions.
 - `logits.py` (worker process): the block-length cap and the scripted-token test hook.
 
-See /work/shared/research/vllm032.md for the map of vLLM internals this follows.
+See shared/research/vllm032.md (beside the repository) for the map of vLLM internals this follows.
 """
 
 from __future__ import annotations
