@@ -94,6 +94,25 @@ class RolloutBatch:
         return RolloutBatch(**{name: pick(getattr(self, name))
                                for name in self.__dataclass_fields__})
 
+    def concat(self, other: "RolloutBatch") -> "RolloutBatch":
+        """Both batches' samples, self's first (per-token tensors re-padded to the wider one)."""
+        merged = {}
+        for name in self.__dataclass_fields__:
+            x, y = getattr(self, name), getattr(other, name)
+            if x is None:
+                merged[name] = None
+            elif isinstance(x, torch.Tensor) and x.dim() == 2:
+                width = max(x.shape[1], y.shape[1])
+                merged[name] = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]))
+                                          for t in (x, y)])
+            elif isinstance(x, torch.Tensor):
+                merged[name] = torch.cat([x, y])
+            elif isinstance(x, np.ndarray):
+                merged[name] = np.concatenate([x, y])
+            else:
+                merged[name] = list(x) + list(y)
+        return RolloutBatch(**merged)
+
 
 def pad_right(rows: list, pad, dtype=None) -> torch.Tensor:
     """(B, max len) tensor from ragged rows."""

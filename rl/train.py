@@ -128,7 +128,7 @@ class Trainer:
                     batch.rewards, torch.as_tensor(batch.group_ids))
                 metrics.update(filter_metrics)
                 batch = batch.select(torch.nonzero(keep).flatten().tolist())
-            kept = batch if kept is None else concat(kept, batch)
+            kept = batch if kept is None else kept.concat(batch)
             limit = algo.filter_groups.max_num_gen_batches
             if not algo.filter_groups.enable or (0 < limit <= rounds):
                 break
@@ -300,26 +300,6 @@ class Trainer:
         for group in (self.actor, self.ref, self.rollout):
             if group is not None:
                 group.kill()
-
-
-def concat(a: RolloutBatch, b: RolloutBatch) -> RolloutBatch:
-    """Join two rollout batches sample-wise (re-padding per-token tensors)."""
-    merged = {}
-    for name in a.__dataclass_fields__:
-        x, y = getattr(a, name), getattr(b, name)
-        if x is None:
-            merged[name] = None
-        elif isinstance(x, torch.Tensor) and x.dim() == 2:
-            width = max(x.shape[1], y.shape[1])
-            pad = (lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1])))
-            merged[name] = torch.cat([pad(x), pad(y)])
-        elif isinstance(x, torch.Tensor):
-            merged[name] = torch.cat([x, y])
-        elif isinstance(x, np.ndarray):
-            merged[name] = np.concatenate([x, y])
-        else:
-            merged[name] = list(x) + list(y)
-    return RolloutBatch(**merged)
 
 
 def resolve_model_path(path: str, run_dir: Path) -> str:

@@ -55,3 +55,13 @@ def test_select_slices_every_field():
     sub = batch.select([2, 0])
     assert sub.response_ids == [[7], [4]] and sub.rewards.tolist() == [2.0, 0.0]
     assert sub.group_ids.tolist() == [2, 0]
+
+
+def test_concat_joins_samples_and_repads_token_tensors():
+    a = RolloutBatch.from_sequences([[1]], [[4, 5, 6]])
+    b = RolloutBatch.from_sequences([[2], [3]], [[7], [8, 9]], group_ids=[5, 6])
+    a.rewards, b.rewards = torch.tensor([1.0]), torch.tensor([0.0, 2.0])
+    both = a.concat(b)
+    assert both.response_ids == [[4, 5, 6], [7], [8, 9]] and both.group_ids.tolist() == [0, 5, 6]
+    assert both.response_mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert both.rewards.tolist() == [1.0, 0.0, 2.0]
