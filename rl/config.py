@@ -90,7 +90,7 @@ class ActorConfig:
     ppo_epochs: int = 1
     ppo_max_token_len_per_gpu: int = 4096
     gradient_checkpointing: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # Ray CPUs per rank; Ray sets its torch threads to floor(this)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
@@ -184,6 +184,7 @@ class TrainerConfig:
     ray_address: str | None = None  # None: start a local Ray; "auto" or "host:port": attach
     device: Literal["cpu", "cuda"] = "cpu"
     colocate: bool = False  # actor and rollout share devices; the engine sleeps while training
+    overlap_rollout: bool = False  # generate step k+1 during step k's update (one step off-policy)
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # how worker bundles fill the nodes
     seed: int = 0
 
@@ -193,6 +194,9 @@ class TrainerConfig:
         unknown = set(self.logger) - {"console", "wandb"}
         if unknown:
             raise ValueError(f"logger has unknown backends {sorted(unknown)}")
+        if self.overlap_rollout and self.colocate:
+            raise ValueError("overlap_rollout requires trainer.colocate=false (a colocated engine "
+                             "sleeps while the actor trains, so nothing can overlap)")
 
 
 @dataclass

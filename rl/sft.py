@@ -44,6 +44,7 @@ class SFTConfig:
     max_tokens_per_micro_batch: int = 4096
     eval_every: int = 20  # optimizer steps between validations (and at the end)
     num_workers: int = 1
+    cpus_per_worker: float = 1.0  # Ray CPUs per rank; on CPU also its torch thread count
     zero_stage: int = 0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=8e-5))
     device: Literal["cpu", "cuda"] = "cpu"
@@ -89,7 +90,8 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     val = SFTDataset(cfg.val_files, tokenizer, cfg.max_length) if cfg.val_files else None
     log(f"sft[{cfg.stage}]: {len(train)} train / {len(val) if val else 0} val sequences")
 
-    actor_cfg = ActorConfig(num_workers=cfg.num_workers, zero_stage=cfg.zero_stage,
+    actor_cfg = ActorConfig(num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
+                            zero_stage=cfg.zero_stage,
                             ppo_max_token_len_per_gpu=cfg.max_tokens_per_micro_batch, optim=cfg.optim)
     cluster.init_ray(None)
     group = cluster.spawn_policy_group(f"sft-{cfg.stage}", model_path,

@@ -8,6 +8,10 @@ The controller (this process) owns the order of one step (`Trainer.step`); Ray w
 few verbs: rollout engines `generate` / `update_weights` / `sleep` / `wake_up`, policy ranks
 `compute_logprobs` / `update` / `named_weights` / `save_checkpoint` / `load_checkpoint`.
 Rewards are scored here, in the reward manager's own process pool.
+
+With `trainer.overlap_rollout` the engines generate step k+1's batch in a background thread while
+the actor computes log-probs and updates on step k's batch, one step off-policy (verl's one-step
+off-policy mode): see `Trainer.take_overlapped_batch`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +57,11 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              keep=cfg.trainer.max_checkpoints_to_keep)
         self.step_count = 0
+        # overlap_rollout: the generation in flight and the loader position before its prompts
+        self.rollout_thread = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
+                               if cfg.trainer.overlap_rollout else None)
+        self.pending: Future | None = None
+        self.loader_state_before_pending: dict | None = None
 
         cluster.init_ray(cfg.trainer.ray_address)
         self.actor, self.ref, self.rollout = start_workers(cfg, self.model_path, self.memento)
@@ -82,8 +92,11 @@ class Trainer:
         cfg, timing = self.cfg, {}
         with timed("step", timing):
             # 1. sample prompts and generate a group of n responses for each
-            with timed("gen", timing):
-                batch, gen_metrics = self.generate_batch()
+            if cfg.trainer.overlap_rollout:
+                batch, gen_metrics = self.take_overlapped_batch(timing)
+            else:
+                with timed("gen", timing):
+                    batch, gen_metrics = self.generate_batch(self.step_count)
             # 2. the layout the engine used, for every sequence
             with timed("layout", timing):
                 batch.compute_layout(self.memento)
@@ -102,9 +115,10 @@ class Trainer:
             # 5. update the actor
             with timed("update_actor", timing):
                 actor_metrics = self.update_actor(batch)
-            # 6. new weights to the rollout engines
-            with timed("sync_weights", timing):
-                self.sync_weights()
+            # 6. new weights to the rollout engines (overlapped: at the next step's start)
+            if not cfg.trainer.overlap_rollout:
+                with timed("sync_weights", timing):
+                    self.sync_weights()
         self.step_count += 1
         metrics = {**gen_metrics, **adv_metrics, **actor_metrics, **timing,
                    **self.batch_metrics(batch, entropy)}
@@ -114,15 +128,45 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def generate_batch(self) -> tuple[RolloutBatch, dict[str, float]]:
-        """Rollouts and rewards; with DAPO dynamic sampling, refill dropped groups."""
+    def take_overlapped_batch(self, timing: dict[str, float]) -> tuple[RolloutBatch, dict]:
+        """This step's batch, then the next step's generation started in the background.
+
+        The batch was generated during the previous step by the weights before its update (the
+        first step after start or resume generates here, with the current weights). The engines
+        get the actor's weights only here, when no generation is in flight; the next generation
+        then runs on them while the actor trains. While it runs the rollout thread owns the
+        loader (dynamic sampling draws a variable number of batches); checkpoints save the
+        position before its prompts, so a resume generates them again.
+        """
+        pending, self.pending = self.pending, None
+        with timed("gen", timing):  # the time the controller waited for the batch
+            batch, metrics = (pending.result() if pending is not None
+                              else self.generate_batch(self.step_count))
+        if pending is not None:  # the actor has been updated since the engines' last weights
+            with timed("sync_weights", timing):
+                self.sync_weights()
+        if self.step_count + 1 < self.cfg.trainer.total_training_steps:
+            self.loader_state_before_pending = self.loader.state_dict()
+            self.pending = self.rollout_thread.submit(self.generate_batch_timed, self.step_count + 1)
+        return batch, metrics
+
+    def generate_batch_timed(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """generate_batch plus its own wall time, `time/gen_background` (overlapped with training)."""
+        timing: dict[str, float] = {}
+        with timed("gen_background", timing):
+            batch, metrics = self.generate_batch(step)
+        return batch, {**metrics, **timing}
+
+    def generate_batch(self, step: int) -> tuple[RolloutBatch, dict[str, float]]:
+        """Rollouts and rewards for step `step`; with DAPO dynamic sampling, refill dropped groups."""
         algo, want = self.cfg.algorithm, self.cfg.data.train_batch_size
         kept: RolloutBatch | None = None
         metrics: dict[str, float] = {}
         rounds = 0
         while kept is None or len(np.unique(kept.group_ids)) < want:
             rounds += 1
-            batch, metrics = self.rollout_and_score(self.loader.next_batch(), group_offset=rounds * want)
+            batch, metrics = self.rollout_and_score(self.loader.next_batch(), step,
+                                                    group_offset=rounds * want)
             if algo.filter_groups.enable:
                 keep, filter_metrics = adv.filter_zero_variance_groups(
                     batch.rewards, torch.as_tensor(batch.group_ids))
@@ -137,13 +181,13 @@ class Trainer:
         metrics["gen/rounds"] = float(rounds)
         return kept, metrics
 
-    def rollout_and_score(self, prompts, group_offset: int) -> tuple[RolloutBatch, dict]:
+    def rollout_and_score(self, prompts, step: int, group_offset: int) -> tuple[RolloutBatch, dict]:
         from rollout.engine import Sampling
 
         cfg = self.cfg.actor_rollout_ref.rollout
         n = cfg.n
         # Seeds depend only on (seed, step, round, sample): rollouts replay exactly on resume.
-        seed = (self.cfg.trainer.seed * 1_000_003 + self.step_count * 10_007 + group_offset) * 64
+        seed = (self.cfg.trainer.seed * 1_000_003 + step * 10_007 + group_offset) * 64
         shards = np.array_split(np.arange(len(prompts)), len(self.rollout))
         results = self.rollout.call_each("generate", [
             ([prompts[i].prompt_ids for i in shard],
@@ -273,13 +317,25 @@ class Trainer:
             self.actor.call("save_checkpoint", str(tmp / "actor"))
             write_json(tmp / "trainer_state.json", {
                 "step": self.step_count,
-                "loader": self.loader.state_dict(),
+                "loader": self.loader_state(),
                 "wandb_id": self.tracker.run_id,
             })
         return self.checkpoints.save(self.step_count, write)
 
+    def loader_state(self) -> dict:
+        """The loader position a resume continues from: before the prompts of a batch still in
+        flight (overlap_rollout), which is not saved and is generated again on resume."""
+        if self.pending is not None:
+            return self.loader_state_before_pending
+        return self.loader.state_dict()
+
     def _resume(self) -> str | None:
-        """Restore the newest checkpoint when trainer.resume; returns the wandb run id."""
+        """Restore the newest checkpoint when trainer.resume; returns the wandb run id.
+
+        The resumed run is bit-identical to an uninterrupted one only without overlap_rollout:
+        with it, the first step after a resume generates its batch with the updated weights,
+        where the uninterrupted run used the weights one update older.
+        """
         latest = self.checkpoints.latest() if self.cfg.trainer.resume else None
         if latest is None:
             return None
@@ -296,6 +352,9 @@ class Trainer:
         self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:
+        if self.rollout_thread is not None:
+            # A generation still in flight fails once its workers are killed; nobody reads it.
+            self.rollout_thread.shutdown(wait=False, cancel_futures=True)
         self.reward.close()
         for group in (self.actor, self.ref, self.rollout):
             if group is not None:

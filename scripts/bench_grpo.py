@@ -3,6 +3,8 @@
 Same tiny model, prompts, group size, response length, temperature and toy reward; both on this
 machine's CPU. TRL generates with transformers (its vLLM path needs CUDA); we generate with the
 memento vLLM engine. Tokens per second counts prompt + response tokens of every sample trained.
+Our actor gets every core, as TRL's process does. Ours runs twice: on-policy (the default) and with
+`trainer.overlap_rollout` (the next batch generates while the actor trains, one step off-policy).
 
     pip install -e ".[bench]"          # TRL
     python scripts/bench_grpo.py --steps 6
@@ -24,9 +26,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOY = str(ROOT / "tests" / "rl" / "toy_reward.py") + ":digit_share"
+MODES = (  # (RESULT name, label, trainer.overlap_rollout)
+    ("grpo_tokens_per_second_vs_trl", "on-policy", False),
+    ("grpo_overlap_tokens_per_second_vs_trl", "overlap, one step off-policy", True),
+)
 
 
-def run_ours(model_dir: Path, data_file: Path, args, work: Path) -> tuple[float, dict]:
+def run_ours(model_dir: Path, data_file: Path, args, work: Path,
+             overlap: bool) -> tuple[float, dict]:
     from rl.config import Config, from_dict
     from rl.train import Trainer
 
@@ -35,11 +42,13 @@ def run_ours(model_dir: Path, data_file: Path, args, work: Path) -> tuple[float,
                  "max_prompt_length": 128, "max_response_length": args.length},
         "actor_rollout_ref": {
             "model": {"path": str(model_dir)},
-            "actor": {"ppo_mini_batch_size": args.prompts, "ppo_max_token_len_per_gpu": 8192},
+            "actor": {"ppo_mini_batch_size": args.prompts, "ppo_max_token_len_per_gpu": 8192,
+                      "cpus_per_worker": os.cpu_count()},
             "rollout": {"n": args.group, "kv_cache_memory_bytes": 256 << 20}},
         "reward": {"custom_function": TOY},
         "trainer": {"total_training_steps": args.steps + 1, "save_freq": 0,
-                    "default_local_dir": str(work / "ours"), "logger": []}})
+                    "default_local_dir": str(work / f"ours-overlap-{overlap}"), "logger": [],
+                    "overlap_rollout": overlap}})
     trainer = Trainer(cfg)
     try:
         history = [trainer.step() for _ in range(args.steps + 1)][1:]  # first step warms up
@@ -111,13 +120,13 @@ def main() -> None:
         work = Path(tmp)
         model_dir = build_tiny_model(work / "model")
         data = write_arith_datasets(work / "data", n_train=64, n_val=4, cfg=ArithConfig(max_steps=3))
-        ours, phases = run_ours(model_dir, data.rl_train, args, work)
+        ours = [run_ours(model_dir, data.rl_train, args, work, overlap) for _, _, overlap in MODES]
         trl = run_trl(model_dir, data.rl_train, args, work)
-    print(f"ours {ours:.0f} tok/s, TRL {trl:.0f} tok/s; our phases (median s): "
-          + ", ".join(f"{k[5:]} {v:.2f}" for k, v in phases.items()))
-    print(f"RESULT grpo_tokens_per_second_vs_trl {ours / trl:.2f} x "
-          f"ours/TRL GRPOTrainer, tiny Qwen3, {args.prompts} prompts x {args.group}, "
-          f"{args.length} new tokens, CPU")
+    setup = f"tiny Qwen3, {args.prompts} prompts x {args.group}, {args.length} new tokens, CPU"
+    for (name, label, _), (tokens_per_second, phases) in zip(MODES, ours):
+        print(f"ours ({label}) {tokens_per_second:.0f} tok/s, TRL {trl:.0f} tok/s; "
+              "our phases (median s): " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in phases.items()))
+        print(f"RESULT {name} {tokens_per_second / trl:.2f} x ours ({label})/TRL GRPOTrainer, {setup}")
 
 
 if __name__ == "__main__":

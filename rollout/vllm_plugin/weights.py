@@ -8,7 +8,24 @@ weight-transfer RPCs instead (see `rollout.engine.MementoEngine.receive_weight_b
 
 from __future__ import annotations
 
+import logging
+
 from safetensors.torch import load_file
+
+_RELOAD_NOISE = ("RotaryEmbedding: Failed to load weights", "Reloading and processing weights took")
+
+
+class _QuietReload(logging.Filter):
+    """Drop two lines vLLM prints on every reload, i.e. every RL step: rotary embeddings hold
+    computed buffers, not checkpoint weights, so their 'failure' is expected; the timing is ours
+    to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_RELOAD_NOISE)
+
+
+for _name in ("layerwise", "inplace"):
+    logging.getLogger(f"vllm.model_executor.model_loader.reload.{_name}").addFilter(_QuietReload())
 
 
 class WeightLoaderExtension:

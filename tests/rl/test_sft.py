@@ -28,3 +28,22 @@ def test_two_stage_sft_lowers_validation_loss_and_exports_a_loadable_model(ray_l
     tokenizer = AutoTokenizer.from_pretrained(stage2.best_dir)
     assert tokenizer.convert_tokens_to_ids("<|summary_end|>") < model.config.vocab_size
     assert tokenizer.chat_template
+
+
+def test_a_rank_gets_as_many_torch_threads_as_cpus_it_reserves(ray_local, tiny_model_dir):
+    """Ray sizes each rank's thread pool from its CPU reservation (`cpus_per_worker`), so a
+    single SFT rank on a laptop can use every core."""
+    import ray
+    import torch
+
+    from rl import cluster
+    from rl.algo_config import AlgoConfig
+    from rl.config import ActorConfig, ModelConfig
+
+    group = cluster.spawn_policy_group("threads", str(tiny_model_dir), ModelConfig(path="x"),
+                                       ActorConfig(cpus_per_worker=2), AlgoConfig(), True, "cpu", 0)
+    try:
+        threads = ray.get(group.handles[0].__ray_call__.remote(lambda worker: torch.get_num_threads()))
+        assert threads == 2
+    finally:
+        group.kill()

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rl.checkpoint import read_json
 from rl.cluster import WorkerFailed
 from rl.config import Config, from_dict
 from rl.train import Trainer
@@ -94,3 +95,47 @@ def test_dead_worker_is_reported_and_the_last_checkpoint_survives(tiny_model_dir
         assert (saved / "trainer_state.json").exists() and (saved / "actor").is_dir()
     finally:
         trainer.close()
+
+
+# trainer.overlap_rollout: step k+1 is generated during step k's update, one step off-policy.
+
+OVERLAP_STEPS = 3
+
+
+def test_overlap_with_colocate_is_rejected_naming_the_key():
+    with pytest.raises(ValueError, match=r"trainer\.overlap_rollout requires trainer\.colocate=false"):
+        from_dict(Config, {"trainer": {"overlap_rollout": True, "colocate": True}})
+
+
+@pytest.fixture(scope="module")
+def overlapped_run(tiny_model_dir, tmp_path_factory):
+    """(history, run dir) of a 3-step overlapped run with dynamic sampling, a checkpoint a step."""
+    run_dir = tmp_path_factory.mktemp("overlap")
+    cfg = tiny_config(run_dir, tiny_model_dir, steps=OVERLAP_STEPS,
+                      data={"train_batch_size": 2, "max_prompt_length": 128,
+                            "max_response_length": 24},
+                      algorithm={"filter_groups": {"enable": True}},
+                      trainer={"overlap_rollout": True, "max_checkpoints_to_keep": OVERLAP_STEPS,
+                               "logger": ["console"]})
+    return run(cfg), run_dir
+
+
+def test_next_batch_is_sampled_by_the_weights_before_the_update(overlapped_run):
+    history, _ = overlapped_run
+    assert len(history) == OVERLAP_STEPS
+    gaps = [h["mismatch/abs_diff_mean"] for h in history]
+    assert gaps[0] < 1e-4, gaps  # the first batch is generated in the step, by the current weights
+    assert min(gaps[1:]) > 1e-3, gaps  # later ones by the weights one update older
+    assert "time/gen_background" not in history[0]
+    for h in history[1:]:
+        assert h["time/gen_background"] > 0 and "time/sync_weights" in h
+
+
+def test_checkpoints_resume_before_the_prompts_of_the_batch_in_flight(overlapped_run):
+    """Checkpoint k's loader state is where step k drew its first prompts (gen/rounds batches a
+    step): the batch in flight is not saved, and a resume draws its prompts again."""
+    history, run_dir = overlapped_run
+    for k in range(1, OVERLAP_STEPS + 1):
+        loader = read_json(run_dir / "checkpoints" / f"step-{k:06d}" / "trainer_state.json")["loader"]
+        drawn = sum(int(h["gen/rounds"]) for h in history[:k])
+        assert (loader["epoch"], loader["batch_in_epoch"]) == (0, drawn), (k, loader)
