@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
 
     # 6. held-out accuracy after RL, summary and plots
     after = heldout_eval(out / "grpo" / "hf", files.rl_val, out / "eval_rl", cfg)
-    plots = write_plots(out, history, after)
+    plots = write_plots(out, history, before, after)
     summary = {"accuracy_after_sft": before["accuracy"], "accuracy_after_rl": after["accuracy"],
                "accuracy_stderr_after_rl": after["stderr"], "heldout_problems": cfg.n_heldout,
                "blocks_per_response": after["blocks"], "peak_kv_memento": after["peak"],
@@ -164,16 +164,22 @@ def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) 
             "records": records}
 
 
-def write_plots(out: Path, history: list[dict], after: dict) -> list[Path]:
-    """Reward and accuracy over GRPO steps; live KV over the most-evicting held-out trace."""
+def write_plots(out: Path, history: list[dict], before: dict, after: dict) -> list[Path]:
+    """Reward over GRPO steps against held-out accuracy before and after RL; live KV over the
+    most-evicting held-out trace."""
     from transformers import AutoTokenizer
 
     from rollout.layout import MementoConfig, evict_at, live_tokens
 
     steps = np.arange(1, len(history) + 1)
+    reward = np.array([h["reward/mean"] for h in history])
+    window = min(5, len(reward))  # a batch holds few prompts: its reward is noisy
+    smooth = np.convolve(reward, np.ones(window) / window, mode="valid")
     curves = line_plot(out / "grpo_reward.png", "GRPO on the arithmetic task", "GRPO step", None,
-                       [(steps, [h["reward/mean"] for h in history], "reward", "-"),
-                        (steps, [h["reward/accuracy"] for h in history], "accuracy (train batch)", "-")])
+                       [(steps, reward, "reward (train batch)", ":"),
+                        (steps[window - 1:], smooth, f"reward, mean of {window} steps", "-"),
+                        (steps, np.full(len(steps), before["accuracy"]), "held-out, after SFT", "--"),
+                        (steps, np.full(len(steps), after["accuracy"]), "held-out, after RL", "--")])
     tokenizer = AutoTokenizer.from_pretrained(out / "grpo" / "hf")
     trace = max((r for rec in after["records"] for r in rec["responses"]),
                 key=lambda r: r["num_evictions"])
