@@ -39,6 +39,8 @@ class MementoOptions:
     def __post_init__(self) -> None:
         if self.keep_last_n_blocks < -1:
             raise ValueError(f"keep_last_n_blocks must be >= -1, got {self.keep_last_n_blocks}")
+        if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
+            raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0")
 
     def layout(self, tokenizer) -> MementoConfig:
         """The layout these options give with the tokenizer's memento token ids."""
@@ -46,8 +48,6 @@ class MementoOptions:
             tokenizer, mask_delimiters=self.mask_delimiters,
             keep_last_n_blocks=self.keep_last_n_blocks,
             keep_last_block_for_answer=self.keep_last_block_for_answer)
-        if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
-            raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0")
 
 
 @dataclass

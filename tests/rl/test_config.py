@@ -64,6 +64,10 @@ def test_unknown_key_on_the_command_line_is_rejected():
     ({"actor_rollout_ref": {"actor": {"ppo_max_token_len_per_gpu": 100}}}, "ppo_max_token_len_per_gpu"),
     ({"actor_rollout_ref": {"model": {"memento": {"keep_last_n_blocks": -3}}}},
      "actor_rollout_ref.model.memento.keep_last_n_blocks"),
+    ({"actor_rollout_ref": {"model": {"memento": {"keep_last_block_for_answer": True,
+                                                  "keep_last_n_blocks": 2}}}},
+     "actor_rollout_ref.model.memento.keep_last_block_for_answer requires"),
+    ({"trainer": {"overlap_rollout": True, "colocate": True}}, "trainer.overlap_rollout requires"),
     ({"trainer": {"logger": ["console", "tensorboard"]}}, "trainer.logger"),
 ])
 def test_bad_values_are_rejected_naming_the_key(patch, message):

@@ -102,11 +102,6 @@ def test_dead_worker_is_reported_and_the_last_checkpoint_survives(tiny_model_dir
 OVERLAP_STEPS = 3
 
 
-def test_overlap_with_colocate_is_rejected_naming_the_key():
-    with pytest.raises(ValueError, match=r"trainer\.overlap_rollout requires trainer\.colocate=false"):
-        from_dict(Config, {"trainer": {"overlap_rollout": True, "colocate": True}})
-
-
 @pytest.fixture(scope="module")
 def overlapped_run(tiny_model_dir, tmp_path_factory):
     """(history, run dir) of a 3-step overlapped run with dynamic sampling, a checkpoint a step."""
