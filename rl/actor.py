@@ -13,14 +13,28 @@ accumulates, and one `step()` per mini-batch reduces across ranks and updates.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections import defaultdict
+
 import torch
 
 from rl.algo_config import AlgoConfig
 from rl.batch import MicroBatch, MiniBatch, TrainMicroBatch
-from rl.config import ActorConfig, ModelConfig
+from rl.config import ActorConfig, ModelConfig, OptimConfig
 from rl.losses import actor_loss, agg_loss
+
+
+def lr_factor(optim: OptimConfig, step: int) -> float:
+    """Multiplier of optim.lr before optimizer step `step` (0-based): linear warmup over
+    warmup_steps, then constant, or a cosine from 1 down to min_lr_ratio at total_steps."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.lr_scheduler_type == "constant" or optim.total_steps <= optim.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - optim.warmup_steps) / (optim.total_steps - optim.warmup_steps))
+    return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def deepspeed_config(cfg: ActorConfig, dtype: str) -> dict:
@@ -84,9 +98,7 @@ class PolicyWorker:
         optim = self.cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                       weight_decay=optim.weight_decay)
-        warmup = optim.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, optim))
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                           config=deepspeed_config(self.cfg, dtype))
         return engine
@@ -123,18 +135,38 @@ class PolicyWorker:
 
     # ------------------------------------------------------------------- update
 
-    def update(self, mini_batches: list[MiniBatch], temperature: float) -> dict[str, float]:
-        """RL: one optimizer step per mini-batch with the configured policy loss."""
+    def update(self, mini_batches: list[MiniBatch], temperature: float
+               ) -> tuple[dict[str, float], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """RL: one optimizer step per mini-batch with the configured policy loss.
+
+        A micro-batch sent without old_logprobs is on-policy (the whole update is one optimizer
+        step): the detached log-probs of this very forward serve as old log-probs, as verl's
+        actor does, saving the separate pass. Their (m, W) log-probs and entropy come back, per
+        such micro-batch in order, as compute_logprobs would return them.
+        """
+        scored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
         def loss_fn(tmb: TrainMicroBatch, logprobs, entropy, mini: MiniBatch):
             device = logprobs.device
+            if tmb.old_logprobs is None:
+                old = logprobs.detach()
+                scored[id(tmb)] = (old.cpu(), entropy.detach().cpu())
+            else:
+                old = tmb.old_logprobs.to(device)
             return actor_loss(
-                self.algo, logprobs, tmb.old_logprobs.to(device), tmb.advantages.to(device),
+                self.algo, logprobs, old, tmb.advantages.to(device),
                 tmb.loss_mask.to(device), ref_logprobs=_to(tmb.ref_logprobs, device),
                 entropy=entropy, is_weights=_to(tmb.is_weights, device),
                 dp_size=self.world_size, batch_num_tokens=mini.num_loss_tokens,
                 global_batch_size=mini.num_loss_sequences)
 
-        return self._train(mini_batches, temperature, self.algo.entropy_coeff != 0, loss_fn)
+        on_policy = [tmb for mini in mini_batches for tmb in mini.micro_batches
+                     if tmb.old_logprobs is None]
+        metrics = self._train(mini_batches, temperature,
+                              self.algo.entropy_coeff != 0 or bool(on_policy), loss_fn)
+        # padding micro-batches and all-empty responses never reach the loss: no tokens to score
+        empty = [torch.zeros(tmb.loss_mask.shape[0], 0) for tmb in on_policy]
+        return metrics, [scored.get(id(tmb), (none, none)) for tmb, none in zip(on_policy, empty)]
 
     def sft_update(self, mini_batches: list[MiniBatch]) -> dict[str, float]:
         """SFT: token-mean negative log-likelihood of the completion tokens."""

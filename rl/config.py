@@ -66,10 +66,17 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    # after warmup: "constant", or "cosine" from lr down to lr * min_lr_ratio over total_steps
+    # optimizer steps (the SFT runner and the trainer fill total_steps from their step counts)
+    lr_scheduler_type: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0
+    total_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must have two values, got {self.betas}")
 
@@ -130,6 +137,10 @@ class RolloutConfig:
     kv_block_size: int = 32  # tokens per KV page; the CPU attention kernel needs a multiple of 32
     enforce_eager: bool = True
     cpus_per_replica: float = 1.0
+    # Run vLLM's engine core inside the rollout worker's process (executor "uni") instead of an
+    # EngineCore process and a worker process that hand each decode step to each other; faster
+    # for small models. Tensor parallelism needs the separate processes: set it to false then.
+    in_process: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -141,6 +152,9 @@ class RolloutConfig:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
                              f"{self.gpu_memory_utilization}")
+        if self.in_process and self.tensor_model_parallel_size > 1:
+            raise ValueError("in_process runs one engine process: it needs "
+                             "tensor_model_parallel_size 1 (set in_process=false)")
 
 
 @dataclass

@@ -13,6 +13,7 @@ validation loss (under the stage's own layout) is exported in Hugging Face forma
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from dataclasses import dataclass, field
@@ -90,18 +91,19 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     val = SFTDataset(cfg.val_files, tokenizer, cfg.max_length) if cfg.val_files else None
     log(f"sft[{cfg.stage}]: {len(train)} train / {len(val) if val else 0} val sequences")
 
+    steps_total = cfg.epochs * (len(train) // cfg.batch_size)
+    if cfg.max_steps:
+        steps_total = min(steps_total, cfg.max_steps)
+    optim = cfg.optim if cfg.optim.total_steps else dataclasses.replace(cfg.optim, total_steps=steps_total)
     actor_cfg = ActorConfig(num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
                             zero_stage=cfg.zero_stage,
-                            ppo_max_token_len_per_gpu=cfg.max_tokens_per_micro_batch, optim=cfg.optim)
+                            ppo_max_token_len_per_gpu=cfg.max_tokens_per_micro_batch, optim=optim)
     cluster.init_ray(None)
     group = cluster.spawn_policy_group(f"sft-{cfg.stage}", model_path,
                                        ModelConfig(path=model_path, dtype=cfg.dtype), actor_cfg,
                                        AlgoConfig(), True, cfg.device, cfg.seed)
     rng = random.Random(cfg.seed)
     best_dir, best, history, step = out / "best", float("inf"), [], 0
-    steps_total = cfg.epochs * (len(train) // cfg.batch_size)
-    if cfg.max_steps:
-        steps_total = min(steps_total, cfg.max_steps)
     try:
         for _ in range(cfg.epochs):
             order = list(range(len(train)))
@@ -114,7 +116,8 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
                                              cfg.max_tokens_per_micro_batch, len(group))
                 metrics = group.call_each("sft_update", [(minis,) for minis in per_rank])
                 step += 1
-                record = {"step": step, "loss": float(np.mean([m["sft_loss"] for m in metrics]))}
+                record = {"step": step, "loss": float(np.mean([m["sft_loss"] for m in metrics])),
+                          "lr": metrics[0]["lr"]}
                 if val is not None and (step % cfg.eval_every == 0 or step == steps_total):
                     record["val_loss"] = validation_loss(group, val, layout, cfg)
                     if record["val_loss"] < best:
@@ -122,7 +125,7 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
                         group.call("save_hf", str(best_dir))
                         tokenizer.save_pretrained(best_dir)
                 log(f"sft[{cfg.stage}] step {step}/{steps_total} " +
-                    " ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
+                    " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
                 history.append(record)
         if val is None:  # no validation data: the last weights are the result
             group.call("save_hf", str(best_dir))

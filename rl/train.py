@@ -104,8 +104,9 @@ class Trainer:
                     cut = torch.tensor([f == "length" for f in batch.finish_reasons])
                     batch.response_mask[cut] = 0.0
             # 3. old-policy and reference log-probs under that layout
-            with timed("old_logprob", timing):
-                batch.old_logprobs, entropy = self.logprobs(self.actor, batch, with_entropy=True)
+            if not self.old_logprobs_from_update():
+                with timed("old_logprob", timing):
+                    batch.old_logprobs, entropy = self.logprobs(self.actor, batch, with_entropy=True)
             if self.ref is not None:
                 with timed("ref_logprob", timing):
                     batch.ref_logprobs, _ = self.logprobs(self.ref, batch)
@@ -114,7 +115,9 @@ class Trainer:
                 adv_metrics = self.compute_advantages(batch)
             # 5. update the actor
             with timed("update_actor", timing):
-                actor_metrics = self.update_actor(batch)
+                actor_metrics, update_entropy = self.update_actor(batch)
+            if update_entropy is not None:
+                entropy = update_entropy
             # 6. new weights to the rollout engines (overlapped: at the next step's start)
             if not cfg.trainer.overlap_rollout:
                 with timed("sync_weights", timing):
@@ -227,17 +230,8 @@ class Trainer:
                                       num_ranks=len(group))
         results = group.call_each("compute_logprobs",
                                   [(mbs, temperature, with_entropy) for mbs in per_rank])
-        width = batch.response_mask.shape[1]
-        logprobs = torch.zeros(len(batch), width)
-        entropy = torch.zeros(len(batch), width) if with_entropy else None
-        for mbs, outs in zip(per_rank, results):
-            for mb, (lp, ent) in zip(mbs, outs):
-                for m, row in enumerate(mb.indices):
-                    length = mb.response_lengths[m]
-                    logprobs[row, :length] = lp[m, :length]
-                    if entropy is not None:
-                        entropy[row, :length] = ent[m, :length]
-        return logprobs, entropy
+        return scatter_responses(batch, [mb for mbs in per_rank for mb in mbs],
+                                 [out for outs in results for out in outs], with_entropy)
 
     def compute_advantages(self, batch: RolloutBatch) -> dict[str, float]:
         algo, metrics = self.cfg.algorithm, {}
@@ -257,10 +251,23 @@ class Trainer:
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo)
         return {**metrics, **m}
 
-    def update_actor(self, batch: RolloutBatch) -> dict[str, float]:
+    def old_logprobs_from_update(self) -> bool:
+        """The on-policy shortcut (verl's actor takes it too): when the whole update is one
+        optimizer step, the old policy is the current one, so the update's own forward gives the
+        old log-probs and the separate pass is skipped; unless the reward's KL term or TIS needs
+        them before the update."""
+        actor, algo = self.cfg.actor_rollout_ref.actor, self.cfg.algorithm
+        return (actor.ppo_epochs == 1 and actor.ppo_mini_batch_size == self.cfg.data.train_batch_size
+                and not algo.use_kl_in_reward and algo.tis_imp_ratio_cap is None)
+
+    def update_actor(self, batch: RolloutBatch) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics, and (on the on-policy shortcut, batch.old_logprobs unset) the entropy of the
+        update's forward; the shortcut fills batch.old_logprobs from that forward."""
         cfg = self.cfg.actor_rollout_ref
-        is_weights, metrics = rollout_mismatch(batch.old_logprobs, batch.sampler_logprobs,
-                                               batch.loss_mask, self.cfg.algorithm.tis_imp_ratio_cap)
+        on_policy = batch.old_logprobs is None
+        is_weights, metrics = (None, {}) if on_policy else rollout_mismatch(
+            batch.old_logprobs, batch.sampler_logprobs, batch.loss_mask,
+            self.cfg.algorithm.tis_imp_ratio_cap)
         groups = np.unique(batch.group_ids)
         steps = [np.flatnonzero(np.isin(batch.group_ids, chunk))
                  for chunk in np.array_split(groups, len(groups) // cfg.actor.ppo_mini_batch_size)]
@@ -269,10 +276,17 @@ class Trainer:
         if self.cfg.trainer.colocate:
             self.rollout.call("sleep")
         per_rank_args = [(minis * cfg.actor.ppo_epochs, cfg.rollout.temperature) for minis in per_rank]
-        rank_metrics = self.actor.call_each("update", per_rank_args)
-        for key in rank_metrics[0]:
-            metrics[f"actor/{key}"] = float(np.mean([m[key] for m in rank_metrics]))
-        return metrics
+        results = self.actor.call_each("update", per_rank_args)
+        for key in results[0][0]:
+            metrics[f"actor/{key}"] = float(np.mean([rank_metrics[key] for rank_metrics, _ in results]))
+        entropy = None
+        if on_policy:  # one mini-batch (rows in batch order), one epoch
+            micro = [tmb.packed for minis in per_rank for tmb in minis[0].micro_batches]
+            batch.old_logprobs, entropy = scatter_responses(
+                batch, micro, [out for _, outs in results for out in outs], with_entropy=True)
+            metrics.update(rollout_mismatch(batch.old_logprobs, batch.sampler_logprobs,
+                                            batch.loss_mask)[1])
+        return metrics, entropy
 
     def sync_weights(self) -> None:
         import ray
@@ -371,6 +385,21 @@ def resolve_model_path(path: str, run_dir: Path) -> str:
     return path
 
 
+def scatter_responses(batch: RolloutBatch, micro_batches: list, outputs: list,
+                      with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log-probs (and entropy) from per-micro-batch (m, W) outputs, back in batch rows."""
+    width = batch.response_mask.shape[1]
+    logprobs = torch.zeros(len(batch), width)
+    entropy = torch.zeros(len(batch), width) if with_entropy else None
+    for mb, (lp, ent) in zip(micro_batches, outputs, strict=True):
+        for m, row in enumerate(mb.indices):
+            length = mb.response_lengths[m]
+            logprobs[row, :length] = lp[m, :length]
+            if entropy is not None:
+                entropy[row, :length] = ent[m, :length]
+    return logprobs, entropy
+
+
 def memento_config(cfg: Config, tokenizer) -> MementoConfig | None:
     opts = cfg.actor_rollout_ref.model.memento
     return opts.layout(tokenizer) if opts.enable else None
@@ -391,7 +420,11 @@ def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
                                           trainer.placement_strategy,
                                           gpu_share=share if trainable else 1.0)
 
-    actor = policy_group("actor", True, arr.actor)
+    optim = arr.actor.optim
+    if not optim.total_steps:  # a decaying schedule spans the whole run's optimizer steps
+        updates = cfg.data.train_batch_size // arr.actor.ppo_mini_batch_size * arr.actor.ppo_epochs
+        optim = dataclasses.replace(optim, total_steps=trainer.total_training_steps * updates)
+    actor = policy_group("actor", True, dataclasses.replace(arr.actor, optim=optim))
     ref = None
     if cfg.needs_reference:
         ref = policy_group("ref", False, dataclasses.replace(
@@ -411,7 +444,7 @@ def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
                        tensor_parallel_size=arr.rollout.tensor_model_parallel_size,
                        max_num_seqs=arr.rollout.max_num_seqs, block_size=arr.rollout.kv_block_size,
                        **kv_cache_size(arr.rollout),
-                       enforce_eager=arr.rollout.enforce_eager,
+                       enforce_eager=arr.rollout.enforce_eager, in_process=arr.rollout.in_process,
                        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
                        dtype=arr.model.dtype, seed=trainer.seed + r))
     if trainer.colocate:

@@ -17,6 +17,8 @@ Weight sync has two paths:
 
 from __future__ import annotations
 
+import os
+
 import ray
 
 from rollout.engine import MementoEngine, Sample, Sampling
@@ -25,7 +27,12 @@ from rollout.engine import MementoEngine, Sample, Sampling
 class RolloutWorker:
     """A Ray actor holding one engine. Verbs: generate, update_weights, sleep, wake_up."""
 
-    def __init__(self, model_path: str, memento=None, **engine_kwargs):
+    def __init__(self, model_path: str, memento=None, in_process: bool = False, **engine_kwargs):
+        """in_process: vLLM's engine core runs in this actor's process (one replica = one
+        process), without the EngineCore and worker processes exchanging every decode step."""
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
+            engine_kwargs["distributed_executor_backend"] = "uni"
         self.engine = MementoEngine(model_path, memento, **engine_kwargs)
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling,

@@ -34,13 +34,10 @@ def scripted_batch(layout):
     return batch
 
 
-def response_logprobs(worker, batch):
-    (mbs,) = make_micro_batches(batch, 256)
-    out = torch.zeros(batch.response_mask.shape)
-    for mb, (lp, _) in zip(mbs, worker.compute_logprobs(mbs, 1.0)):
-        for m, row in enumerate(mb.indices):
-            out[row, :mb.response_lengths[m]] = lp[m, :mb.response_lengths[m]]
-    return out
+def response_logprobs(worker, batch, max_tokens=256):
+    from rl.train import scatter_responses
+    (mbs,) = make_micro_batches(batch, max_tokens)
+    return scatter_responses(batch, mbs, worker.compute_logprobs(mbs, 1.0), False)[0]
 
 
 def test_logprobs_equal_a_dense_masked_forward(tiny_model_dir, layout):
@@ -82,7 +79,7 @@ def test_rl_update_moves_logprobs_with_the_advantage_and_resumes_exactly(tiny_mo
     for mini in minis:
         for tmb in mini.micro_batches:
             tmb.old_logprobs = before[tmb.packed.indices][:, :tmb.loss_mask.shape[1]]
-    metrics = worker.update(minis, 1.0)
+    metrics, _ = worker.update(minis, 1.0)
     after = response_logprobs(worker, batch)
     assert metrics["grad_norm"] > 0
     mask = batch.loss_mask.bool()
@@ -101,6 +98,37 @@ def test_rl_update_moves_logprobs_with_the_advantage_and_resumes_exactly(tiny_mo
         torch.testing.assert_close(param.detach(), continued[name], atol=0, rtol=0)
 
 
+def test_on_policy_update_scores_its_own_forward_as_the_old_policy(tiny_model_dir, layout):
+    """Without old_logprobs (the trainer's one-step shortcut) the update equals one given the
+    separately computed old log-probs, and returns those log-probs and the entropy; across
+    several micro-batches and with an empty response."""
+    from rl.train import scatter_responses
+    bs, be, ss, se = layout.block_start, layout.block_end, layout.summary_start, layout.summary_end
+    batch = RolloutBatch.from_sequences(
+        [[10, 11, 12], [13, 14], [15, 16, 17]],
+        [[bs, 40, 41, 42, be, ss, 50, se, 60, 61], [], [70, 71, 72, 73]])
+    batch.compute_layout(layout)
+    batch.advantages = torch.tensor([1.0, 0.5, -1.0])[:, None] * batch.loss_mask
+    given, shortcut = (make_worker(tiny_model_dir, port=port) for port in (29615, 29616))
+    before = response_logprobs(given, batch, max_tokens=16)
+
+    batch.old_logprobs = before
+    (minis,) = make_mini_batches(batch, [np.arange(len(batch))], 16, 1)
+    assert len(minis[0].micro_batches) >= 2
+    want, _ = given.update(minis, 1.0)
+    batch.old_logprobs = None
+    (minis,) = make_mini_batches(batch, [np.arange(len(batch))], 16, 1)
+    got, scored = shortcut.update(minis, 1.0)
+
+    assert got["pg_loss"] == pytest.approx(want["pg_loss"], abs=1e-6)
+    mbs = [tmb.packed for tmb in minis[0].micro_batches]
+    logprobs, entropy = scatter_responses(batch, mbs, scored, with_entropy=True)
+    torch.testing.assert_close(logprobs, before, atol=1e-5, rtol=0)
+    assert (entropy[batch.loss_mask.bool()] > 0).all()
+    for (name, p), q in zip(shortcut.model.named_parameters(), given.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+
+
 def test_sft_update_lowers_the_completion_loss(tiny_model_dir, layout):
     worker = make_worker(tiny_model_dir, port=29614, lr=3e-3)
     batch = scripted_batch(layout)
@@ -109,3 +137,19 @@ def test_sft_update_lowers_the_completion_loss(tiny_model_dir, layout):
     for _ in range(5):
         last = worker.sft_update(minis)["sft_loss"]
     assert last < first
+
+
+def test_lr_schedule_warms_up_then_holds_or_decays_to_the_floor():
+    from rl.actor import lr_factor
+    cosine = OptimConfig(lr=1.0, warmup_steps=4, lr_scheduler_type="cosine", min_lr_ratio=0.1,
+                         total_steps=14)
+    got = [lr_factor(cosine, step) for step in range(16)]
+    assert got[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    assert got[9] == pytest.approx(0.55)  # half way down: (1 + 0.1) / 2
+    assert got[14:] == pytest.approx([0.1, 0.1])  # the floor from total_steps on
+    assert all(a > b for a, b in zip(got[4:15], got[5:15]))
+    constant = OptimConfig(lr=1.0, warmup_steps=2, total_steps=14)
+    assert [lr_factor(constant, step) for step in range(5)] == pytest.approx([0.5, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        OptimConfig(min_lr_ratio=1.5)
+

@@ -21,9 +21,13 @@ def test_two_stage_sft_lowers_validation_loss_and_exports_a_loadable_model(ray_l
                                output_dir=str(tmp_path / "sft1"), **common), log=lambda *_: None)
     losses = [h["val_loss"] for h in stage1.history if "val_loss" in h]
     assert len(losses) == 2 and losses[-1] < losses[0]
+    assert {h["lr"] for h in stage1.history} == {3e-3}  # constant by default
+    common["optim"] = OptimConfig(lr=3e-3, lr_scheduler_type="cosine", min_lr_ratio=0.1)
     stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
                                output_dir=str(tmp_path / "sft2"), **common), log=lambda *_: None)
     assert stage2.best_val_loss < float("inf")
+    lrs = [h["lr"] for h in stage2.history]  # the rate for the next step: cosine over the run
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(3e-4), lrs
     model = AutoModelForCausalLM.from_pretrained(stage2.best_dir)
     tokenizer = AutoTokenizer.from_pretrained(stage2.best_dir)
     assert tokenizer.convert_tokens_to_ids("<|summary_end|>") < model.config.vocab_size

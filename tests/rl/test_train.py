@@ -56,6 +56,8 @@ def test_two_steps_equal_one_step_then_resume_then_one_step(tiny_model_dir, tmp_
         assert key in metrics, key
     assert metrics["actor/grad_norm"] > 0  # the toy reward gives a learning signal
     assert metrics["mismatch/abs_diff_mean"] < 1e-4  # trainer scores what the engine sampled
+    assert "time/old_logprob" not in metrics  # one optimizer step: its forward is the old policy
+    assert metrics["actor/entropy_old"] > 0
 
     run(tiny_config(tmp_path / "b", tiny_model_dir, steps=1))
     resumed = run(tiny_config(tmp_path / "b", tiny_model_dir, steps=2))
@@ -68,6 +70,16 @@ def test_two_steps_equal_one_step_then_resume_then_one_step(tiny_model_dir, tmp_
     assert ckpts == ["step-000001", "step-000002"]
     assert list((tmp_path / "b" / "wandb").glob("offline-run-*"))
     AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "hf")  # the export loads
+
+
+def test_two_mini_batches_score_the_old_policy_before_updating(tiny_model_dir, tmp_path):
+    [metrics] = run(tiny_config(tmp_path / "minis", tiny_model_dir, steps=1,
+                                data={"train_batch_size": 4, "max_prompt_length": 128,
+                                      "max_response_length": 24},
+                                trainer={"save_freq": 0, "logger": ["console"]}))
+    assert metrics["time/old_logprob"] > 0
+    assert metrics["mismatch/abs_diff_mean"] < 1e-4
+    assert metrics["actor/entropy_old"] > 0
 
 
 def test_reward_rises_on_a_learnable_toy_reward(tiny_model_dir, tmp_path):

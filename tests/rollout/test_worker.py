@@ -15,15 +15,23 @@ pytestmark = pytest.mark.slow
 PROMPT = list(b"Weights, then words.")
 
 
-@pytest.fixture(scope="module")
-def worker(tiny_model_dir):
+@pytest.fixture(scope="module", params=[True, False], ids=["in-process", "engine-processes"])
+def worker(request, tiny_model_dir):
     ray.init(num_cpus=2, include_dashboard=False)
     [worker] = create_rollout_workers(1, str(tiny_model_dir), memento={}, dtype="float32",
                                       block_size=32, max_model_len=1024,
-                                      kv_cache_memory_bytes=64 << 20, seed=0)
+                                      kv_cache_memory_bytes=64 << 20, seed=0,
+                                      in_process=request.param)
+    worker.in_process = request.param
     yield worker
     ray.get(worker.shutdown.remote())
     ray.shutdown()
+
+
+def test_in_process_engine_runs_without_child_processes(worker):
+    import psutil
+    children = ray.get(worker.__ray_call__.remote(lambda _: len(psutil.Process().children())))
+    assert (children == 0) == worker.in_process
 
 
 def test_update_weights_makes_the_engine_generate_what_the_new_weights_generate(
