@@ -50,11 +50,12 @@ class DemoConfig:
     sft_steps_memento: int = 200
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
+    sft_lr_scheduler: str = "cosine"  # "constant" or "cosine" (down to 0.1 x sft_lr) per stage
     # GRPO
     rl_steps: int = 30
     rl_prompts: int = 8
     rl_group: int = 8
-    rl_lr: float = 1e-4
+    rl_lr: float = 3e-5
     # trainer.overlap_rollout: off, because on 2 cores the engine and the actor then share the CPU
     # and a step took 8.0 s instead of 6.4 s (3.6 s generation + 2.8 s training, in turn)
     rl_overlap: bool = False
@@ -89,7 +90,8 @@ def main(argv: list[str]) -> None:
     common = dict(train_files=[str(files.sft_train)], val_files=[str(sft_val)], max_length=512,
                   cpus_per_worker=cpus,
                   batch_size=cfg.sft_batch_size, max_tokens_per_micro_batch=8192, seed=cfg.seed,
-                  optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=10))
+                  optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=10,
+                                    lr_scheduler_type=cfg.sft_lr_scheduler, min_lr_ratio=0.1))
     stage1 = run_sft(SFTConfig(model_path=str(model_dir), stage="full", output_dir=str(out / "sft_full"),
                                epochs=100, max_steps=cfg.sft_steps_full, eval_every=50, **common))
     stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",

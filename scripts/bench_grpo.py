@@ -3,8 +3,10 @@
 Same tiny model, prompts, group size, response length, temperature and toy reward; both on this
 machine's CPU. TRL generates with transformers (its vLLM path needs CUDA); we generate with the
 memento vLLM engine. Tokens per second counts prompt + response tokens of every sample trained.
-Our actor gets every core, as TRL's process does. Ours runs twice: on-policy (the default) and with
-`trainer.overlap_rollout` (the next batch generates while the actor trains, one step off-policy).
+Ours runs twice: on-policy (the default; generation and training take turns, and the actor gets
+every core, as TRL's process does) and with `trainer.overlap_rollout` (the next batch generates
+while the actor trains, one step off-policy; the engine's core is then its own, as a separate
+device would be, and the actor gets the others).
 
     pip install -e ".[bench]"          # TRL
     python scripts/bench_grpo.py --steps 6
@@ -26,14 +28,16 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOY = str(ROOT / "tests" / "rl" / "toy_reward.py") + ":digit_share"
-MODES = (  # (RESULT name, label, trainer.overlap_rollout)
-    ("grpo_tokens_per_second_vs_trl", "on-policy", False),
-    ("grpo_overlap_tokens_per_second_vs_trl", "overlap, one step off-policy", True),
+CORES = os.cpu_count() or 1
+MODES = (  # (RESULT name, label, trainer.overlap_rollout, actor cores)
+    ("grpo_tokens_per_second_vs_trl", "on-policy", False, CORES),
+    ("grpo_overlap_tokens_per_second_vs_trl", "overlap, one step off-policy", True,
+     max(1, CORES - 1)),
 )
 
 
 def run_ours(model_dir: Path, data_file: Path, args, work: Path,
-             overlap: bool) -> tuple[float, dict]:
+             overlap: bool, actor_cpus: int) -> tuple[float, dict]:
     from rl.config import Config, from_dict
     from rl.train import Trainer
 
@@ -43,7 +47,7 @@ def run_ours(model_dir: Path, data_file: Path, args, work: Path,
         "actor_rollout_ref": {
             "model": {"path": str(model_dir)},
             "actor": {"ppo_mini_batch_size": args.prompts, "ppo_max_token_len_per_gpu": 8192,
-                      "cpus_per_worker": os.cpu_count()},
+                      "cpus_per_worker": actor_cpus},
             "rollout": {"n": args.group, "kv_cache_memory_bytes": 256 << 20}},
         "reward": {"custom_function": TOY},
         "trainer": {"total_training_steps": args.steps + 1, "save_freq": 0,
@@ -120,11 +124,13 @@ def main() -> None:
         work = Path(tmp)
         model_dir = build_tiny_model(work / "model")
         data = write_arith_datasets(work / "data", n_train=64, n_val=4, cfg=ArithConfig(max_steps=3))
-        ours = [run_ours(model_dir, data.rl_train, args, work, overlap) for _, _, overlap in MODES]
+        ours = [run_ours(model_dir, data.rl_train, args, work, overlap, cpus)
+                for _, _, overlap, cpus in MODES]
         trl = run_trl(model_dir, data.rl_train, args, work)
     setup = f"tiny Qwen3, {args.prompts} prompts x {args.group}, {args.length} new tokens, CPU"
-    for (name, label, _), (tokens_per_second, phases) in zip(MODES, ours):
-        print(f"ours ({label}) {tokens_per_second:.0f} tok/s, TRL {trl:.0f} tok/s; "
+    for (name, label, _, cpus), (tokens_per_second, phases) in zip(MODES, ours):
+        print(f"ours ({label}, actor on {cpus} of {CORES} cores) {tokens_per_second:.0f} tok/s, "
+              f"TRL {trl:.0f} tok/s; "
               "our phases (median s): " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in phases.items()))
         print(f"RESULT {name} {tokens_per_second / trl:.2f} x ours ({label})/TRL GRPOTrainer, {setup}")
 
