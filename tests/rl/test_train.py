@@ -82,6 +82,15 @@ def test_two_mini_batches_score_the_old_policy_before_updating(tiny_model_dir, t
     assert metrics["actor/entropy_old"] > 0
 
 
+def test_colocated_engine_sleeps_through_the_update_and_samples_the_new_weights(tiny_model_dir,
+                                                                               tmp_path):
+    history = run(tiny_config(tmp_path / "colocate", tiny_model_dir, steps=2,
+                              trainer={"colocate": True, "save_freq": 0, "logger": ["console"]}))
+    # step 2's samples come from the weights step 1 pushed into the woken engine
+    assert [h["mismatch/abs_diff_mean"] < 1e-4 for h in history] == [True, True], history
+    assert history[-1]["actor/grad_norm"] > 0
+
+
 def test_reward_rises_on_a_learnable_toy_reward(tiny_model_dir, tmp_path):
     """The paper's algorithm: CISPO with a KL loss to a reference worker."""
     cfg = tiny_config(tmp_path / "toy", tiny_model_dir, steps=8,
