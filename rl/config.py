@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -310,6 +311,9 @@ def load_config(cfg) -> Config:
     return from_dict(Config, cfg)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_overrides(argv: list[str]) -> dict:
     """`a.b=value` command-line arguments (values parsed as YAML) into a nested dict."""
     import yaml
@@ -323,5 +327,8 @@ def parse_overrides(argv: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for name in parents:
             node = node.setdefault(name, {})
-        node[leaf] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        node[leaf] = value
     return values

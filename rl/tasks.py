@@ -17,13 +17,15 @@ math verifier from `\\boxed{N}` after `</think>`.
 from __future__ import annotations
 
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from rl.data import write_jsonl
 from rl.sft_data import render_memento
+from rollout.layout import SUMMARY_END, SUMMARY_START
 
 Op = Literal["add", "sub", "mul", "div"]
 DATA_SOURCE = "memento_arith"
@@ -47,6 +49,10 @@ class ArithConfig:
     value_max: int = 999
     ops: tuple[Op, ...] = ("add", "sub", "mul", "div")
     steps_per_block: int = 1
+    # SFT traces only: the share of mementos that drop the running value ("Step 2 done."), as an
+    # imperfect teacher's summaries do. Once its block is evicted, the value is gone, so such a
+    # trace teaches the model to guess; RL can learn to always carry the state forward.
+    lossy_memento_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -59,6 +65,8 @@ class ArithConfig:
                              f"just 'div', got {self.ops}")
         if self.steps_per_block < 1:
             raise ValueError(f"steps_per_block must be >= 1, got {self.steps_per_block}")
+        if not 0.0 <= self.lossy_memento_rate <= 1.0:
+            raise ValueError(f"lossy_memento_rate must be in [0, 1], got {self.lossy_memento_rate}")
 
 
 @dataclass(frozen=True)
@@ -153,23 +161,39 @@ def _step_text(k: int, step: ArithStep, before: int, after: int) -> str:
             f"Check: {after} {inv} {step.operand} = {before}. ")
 
 
-def solution_trace(problem: ArithProblem, steps_per_block: int = 1) -> str:
+def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
+                   lossy: Sequence[bool] = ()) -> str:
     """Memento-format solution: one block per `steps_per_block` steps, each memento the state.
 
     A block states the value it starts from (read from the previous memento), does its steps
-    with an inverse check, and ends with the new value; the memento is "After step k: v".
+    with an inverse check, and ends with the new value; the memento is "After step k: v", or
+    "Step k done." for the blocks flagged in `lossy` (block index -> True).
     Blocks are ~4x longer than mementos. The answer follows `</think>` as \\boxed{N}.
     """
     values = [problem.start, *problem.values]
     blocks, mementos = [], []
-    for first in range(0, len(problem.steps), steps_per_block):
+    for index, first in enumerate(range(0, len(problem.steps), steps_per_block)):
         last = min(first + steps_per_block, len(problem.steps))
         text = f"Value is {values[first]}. "
         for k in range(first, last):
             text += _step_text(k + 1, problem.steps[k], values[k], values[k + 1])
         blocks.append(text + f"Now {values[last]}.")
-        mementos.append(f"After step {last}: {values[last]}")
+        is_lossy = index < len(lossy) and lossy[index]
+        mementos.append(f"Step {last} done." if is_lossy else f"After step {last}: {values[last]}")
     return render_memento(blocks, mementos, f"\\boxed{{{problem.answer}}}")
+
+
+_MEMENTO = re.compile(re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END), re.S)
+_STATE_MEMENTO = re.compile(r"After step \d+: -?\d+")
+
+
+def state_memento_share(responses: Sequence[str]) -> float:
+    """Share of the mementos in `responses` that carry a running value ("After step k: v"), as
+    opposed to lossy ones ("Step k done.") or anything else; NaN if there are no mementos."""
+    mementos = [m for text in responses for m in _MEMENTO.findall(text)]
+    if not mementos:
+        return float("nan")
+    return sum(bool(_STATE_MEMENTO.fullmatch(m)) for m in mementos) / len(mementos)
 
 
 def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
@@ -182,10 +206,13 @@ def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
     }
 
 
-def sft_row(problem: ArithProblem, steps_per_block: int = 1) -> dict:
-    """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.sft_data reads."""
+def sft_row(problem: ArithProblem, cfg: ArithConfig, rng: random.Random) -> dict:
+    """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.sft_data reads;
+    `rng` draws which mementos are lossy (`cfg.lossy_memento_rate`)."""
+    n_blocks = -(-len(problem.steps) // cfg.steps_per_block)
+    lossy = [rng.random() < cfg.lossy_memento_rate for _ in range(n_blocks)]
     return {"problem": f"{problem.question} {INSTRUCTION}",
-            "response": solution_trace(problem, steps_per_block)}
+            "response": solution_trace(problem, cfg.steps_per_block, lossy)}
 
 
 @dataclass(frozen=True)
@@ -203,11 +230,12 @@ def write_arith_datasets(out_dir: str | Path, n_train: int = 2000, n_val: int = 
     problems = generate_problems(n_val + n_train, seed, cfg)  # distinct, so the splits are disjoint
     splits = {"val": problems[:n_val], "train": problems[n_val:]}
     files = {}
+    lossy_rng = random.Random(f"memento-arith-lossy:{seed}")
     for split, items in splits.items():
         files[f"rl_{split}"] = write_jsonl(
             [rl_row(p, i, split) for i, p in enumerate(items)], out_dir / f"arith_{split}.jsonl")
         files[f"sft_{split}"] = write_jsonl(
-            [sft_row(p, cfg.steps_per_block) for p in items], out_dir / f"arith_sft_{split}.jsonl")
+            [sft_row(p, cfg, lossy_rng) for p in items], out_dir / f"arith_sft_{split}.jsonl")
     return ArithFiles(**files)
 
 

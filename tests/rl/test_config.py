@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from dataclasses import asdict
 
-from rl.config import Config, load_config
+from rl.config import Config, load_config, parse_overrides
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -75,3 +75,11 @@ def test_bad_values_are_rejected_naming_the_key(patch, message):
                                                  OmegaConf.create(patch)))
     with pytest.raises((TypeError, ValueError), match=message.replace(".", r"\.")):
         load_config(raw)
+
+
+def test_key_value_overrides_parse_exponent_floats_and_nest():
+    # YAML 1.1 reads "1e-4" as a string; the override parser must not.
+    assert parse_overrides(["optim.lr=1e-4", "b=2.5E+3", "c=3", "d=x1e5", "e=[1, 2]"]) == {
+        "optim": {"lr": 1e-4}, "b": 2500.0, "c": 3, "d": "x1e5", "e": [1, 2]}
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_overrides(["lr"])

@@ -21,7 +21,9 @@ def test_scaled_down_pipeline_runs_end_to_end(tmp_path, capsys):
         assert 0 <= summary[key], key
     assert summary["heldout_problems"] == 16
     assert summary["peak_kv_memento"] <= summary["peak_kv_full"]
+    assert {"state_mementos_after_sft", "state_mementos_after_rl"} <= summary.keys()
     assert all((out / name).exists() for name in ("grpo_reward.png", "kv_sawtooth.png"))
     assert (out / "grpo" / "hf" / "model.safetensors").exists()
     printed = capsys.readouterr().out
     assert "held-out accuracy after RL" in printed and "peak KV tokens, memento" in printed
+    assert "mementos carrying the value" in printed

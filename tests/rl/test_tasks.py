@@ -1,5 +1,6 @@
 """rl.tasks: the arithmetic task's problems, exact answers, memento traces and dataset files."""
 
+import math
 import re
 
 import pytest
@@ -9,7 +10,7 @@ from rewards.math import score_math
 from rl.data import PromptDataset, read_rows
 from rl.sft_data import SFTDataset, check_memento_response
 from rl.tasks import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
-                      solution_trace, write_arith_datasets)
+                      solution_trace, state_memento_share, write_arith_datasets)
 from rollout.layout import MementoConfig, evict_at, memento_stats
 
 _PHRASES = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
@@ -139,3 +140,37 @@ def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
     assert len(sft) == 40 and sft.num_truncated == 0
     # SFT prompt == RL prompt, so SFT trains the exact prompts RL samples from.
     assert sft[0].input_ids[:sft[0].prompt_length] == prompts[0].prompt_ids
+
+
+def test_lossy_mementos_drop_the_value_at_the_configured_rate(tmp_path):
+    problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2)))
+    trace = solution_trace(problem, lossy=[True, False])
+    assert "<|summary_start|>Step 1 done.<|summary_end|>" in trace
+    assert "<|summary_start|>After step 2: 8<|summary_end|>" in trace
+    assert check_memento_response(trace) == 2 and trace.endswith("\\boxed{8}")
+
+    def lossy_share(rate: float) -> float:
+        cfg = ArithConfig(lossy_memento_rate=rate)
+        files = write_arith_datasets(tmp_path / str(rate), n_train=400, n_val=10, cfg=cfg)
+        texts = [row["response"] for row in read_rows(files.sft_train)]
+        lossy = sum(len(re.findall(r"Step \d+ done\.", t)) for t in texts)
+        return lossy / sum(len(re.findall(r"<\|summary_start\|>", t)) for t in texts)
+
+    assert lossy_share(0.0) == 0.0 and lossy_share(1.0) == 1.0
+    assert 0.2 < lossy_share(0.3) < 0.4
+    # RL prompts do not depend on the trace option.
+    assert read_rows(tmp_path / "0.0" / "arith_train.jsonl") == \
+        read_rows(tmp_path / "0.3" / "arith_train.jsonl")
+    with pytest.raises(ValueError, match="lossy_memento_rate"):
+        ArithConfig(lossy_memento_rate=1.5)
+
+
+def test_state_memento_share_counts_mementos_that_carry_a_value():
+    good = solution_trace(ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2))))
+    half = solution_trace(ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2))),
+                          lossy=[False, True])
+    garbage = "<think>\n<|block_start|>x<|block_end|>\n<|summary_start|>After step: ?<|summary_end|>"
+    assert state_memento_share([good]) == 1.0
+    assert state_memento_share([good, half]) == 0.75
+    assert state_memento_share([half, garbage]) == pytest.approx(1 / 3)
+    assert math.isnan(state_memento_share(["no mementos here", ""]))
