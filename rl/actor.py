@@ -165,8 +165,11 @@ class PolicyWorker:
         metrics = self._train(mini_batches, temperature,
                               self.algo.entropy_coeff != 0 or bool(on_policy), loss_fn)
         # padding micro-batches and all-empty responses never reach the loss: no tokens to score
-        empty = [torch.zeros(tmb.loss_mask.shape[0], 0) for tmb in on_policy]
-        return metrics, [scored.get(id(tmb), (none, none)) for tmb, none in zip(on_policy, empty)]
+        def unscored(tmb: TrainMicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+            empty = torch.zeros(tmb.loss_mask.shape[0], 0)
+            return empty, empty
+
+        return metrics, [scored.get(id(tmb)) or unscored(tmb) for tmb in on_policy]
 
     def sft_update(self, mini_batches: list[MiniBatch]) -> dict[str, float]:
         """SFT: token-mean negative log-likelihood of the completion tokens."""

@@ -76,6 +76,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_scheduler_type not in ("constant", "cosine"):
+            raise ValueError(f"lr_scheduler_type must be 'constant' or 'cosine', got "
+                             f"{self.lr_scheduler_type!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2:

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class DemoConfig:
     sft_steps_memento: int = 200
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
-    sft_lr_scheduler: str = "cosine"  # "constant" or "cosine" (down to 0.1 x sft_lr) per stage
+    sft_lr_scheduler: Literal["constant", "cosine"] = "cosine"  # "constant" or "cosine" (down to 0.1 x sft_lr) per stage
     # GRPO
     rl_steps: int = 30
     rl_prompts: int = 8

@@ -4,9 +4,10 @@ Samples three independent batches (A, B, C) from the model, takes one actor upda
 trainer's own code, and prints, for each batch, how the sequence log-likelihoods moved: the
 advantage-weighted sum (positive when the update favours that batch's better answers) and the mean
 change over correct and wrong samples. An update that helps A but not B and C is fitting its
-batch, not learning something that transfers; the README's default-run section was measured so:
+batch, not learning something that transfers; the README's faithful-memento analysis was
+measured so:
 
-    python -m rl.demo                            # writes outputs/demo/sft_memento/best and data
+    python -m rl.demo lossy_memento_rate=0       # writes outputs/demo/sft_memento/best and data
     python scripts/probe_rl_transfer.py --model outputs/demo/sft_memento/best \
         --data outputs/demo/data/arith_train.jsonl --prompts 16 --lr 1e-4
 """

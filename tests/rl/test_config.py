@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from dataclasses import asdict
 
-from rl.config import Config, load_config, parse_overrides
+from rl.config import Config, OptimConfig, load_config, parse_overrides
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -83,3 +83,9 @@ def test_key_value_overrides_parse_exponent_floats_and_nest():
         "optim": {"lr": 1e-4}, "b": 2500.0, "c": 3, "d": "x1e5", "e": [1, 2]}
     with pytest.raises(ValueError, match="expected key=value"):
         parse_overrides(["lr"])
+
+
+def test_optim_config_built_in_code_rejects_an_unknown_scheduler():
+    # The SFT runner and the demo build OptimConfig directly, past the schema's Literal check.
+    with pytest.raises(ValueError, match="lr_scheduler_type must be 'constant' or 'cosine'"):
+        OptimConfig(lr_scheduler_type="cosin")
