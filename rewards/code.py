@@ -5,21 +5,24 @@ Test formats understood (`parse_tests`), as the public datasets ship them:
 - CodeContests: {"public_tests" | "private_tests" | "generated_tests": {"input": [...], "output": [...]}}.
 - LiveCodeBench: [{"input": str, "output": str, "testtype": "stdin" | "functional"}, ...]; the
   function name comes from extra_info["func_name"] (functional inputs are one JSON value a line).
-Stdin/stdout tests compare whitespace-separated tokens (numbers within 1e-6); function-call tests
-call `Solution().<fn>` or a top-level `<fn>` and compare JSON values. One sandbox run per test.
+Stdin/stdout tests compare whitespace-separated tokens (an expected integer exactly, an expected
+decimal within 1e-6, `rewards.math.numbers_match`); function-call tests call `Solution().<fn>` or a
+top-level `<fn>` and compare JSON values the same way. One sandbox run per test. Failure messages
+(logged, shown in RewardInfo) name what went wrong, never the program's output or the expected one.
 """
 
 import json
-import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
-from rewards.math import answer_section
+from rewards.math import Number, answer_section, number_token, numbers_match
 from rewards.sandbox import SandboxLimits, run_python
 
+_ERROR_NAME = re.compile(r"([A-Za-z_][\w.]{0,80})(?::|$)")  # "ZeroDivisionError: ..." -> the class
 _LANGUAGE_LINE = re.compile(r"[ \t]*(?:python3?|py)?[ \t]*", re.IGNORECASE)
 # LeetCode-style solutions use List, Optional, deque, ... without importing them (LiveCodeBench
 # prepends the same kind of header).
@@ -102,31 +105,39 @@ def parse_tests(ground_truth: object, extra_info: dict | None) -> CodeTests:
     return CodeTests(fn_name, tuple(cases))
 
 
-def _tokens_match(actual: str, expected: str) -> bool:
+def first_mismatch(actual: str, expected: str) -> int | None:
+    """Index of the first output token that does not match the expected one (numbers as
+    `numbers_match`), the shorter length when only the counts differ, None when all match."""
     got, want = actual.split(), expected.split()
-    if got == want:
-        return True
-    if len(got) != len(want):
-        return False
-    for a, b in zip(got, want):
+    for i, (a, b) in enumerate(zip(got, want)):
         if a != b:
-            try:
-                if not math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-6):
-                    return False
-            except ValueError:
-                return False
-    return True
+            pred, gold = number_token(a), number_token(b)
+            if pred is None or gold is None or not numbers_match(pred, gold):
+                return i
+    return None if len(got) == len(want) else min(len(got), len(want))
+
+
+def _as_json_number(value: object) -> Number | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")):
+        return None
+    return Number(Fraction(value), isinstance(value, int), isinstance(value, float))
 
 
 def _values_match(actual: object, expected: object) -> bool:
-    if isinstance(actual, float) or isinstance(expected, float):
-        try:
-            return math.isclose(float(actual), float(expected), rel_tol=1e-6, abs_tol=1e-6)
-        except (TypeError, ValueError):
-            return False
+    pred, gold = _as_json_number(actual), _as_json_number(expected)
+    if pred is not None and gold is not None:
+        return numbers_match(pred, gold)
     if isinstance(actual, list) and isinstance(expected, list):
         return len(actual) == len(expected) and all(map(_values_match, actual, expected))
     return actual == expected
+
+
+def _describe_error(result) -> str:
+    """"error: ZeroDivisionError": the status and the exception class of the last stderr line."""
+    lines = result.stderr.strip().splitlines()
+    name = _ERROR_NAME.match(lines[-1].strip()) if lines else None
+    return f"{result.status}: {name.group(1)}" if name else result.status
 
 
 def _call_driver(fn_name: str, args: tuple, marker: str) -> str:
@@ -149,13 +160,18 @@ def _run_one(program: str, fn_name: str | None, test: CodeTest, limits: SandboxL
     if fn_name is None:
         result = run_python(program, stdin=str(test.input), limits=limits)
         if result.status != "ok":
-            return False, f"{result.status}: {result.stderr[-300:]}", result.status == "timeout"
-        ok = _tokens_match(result.stdout, str(test.expected))
-        return ok, "" if ok else f"wrong output: {result.stdout[:200]!r}", False
+            return False, _describe_error(result), result.status == "timeout"
+        mismatch = first_mismatch(result.stdout, str(test.expected))
+        if mismatch is None:
+            return True, "", False
+        return False, f"wrong output: {len(result.stdout.split())} tokens, expected {len(str(test.expected).split())}, " \
+                      f"first difference at token {mismatch}", False
     marker = f"@@memento-result-{secrets.token_hex(8)}@@"
     result = run_python(_CALL_PRELUDE + program + _call_driver(fn_name, test.input, marker), limits=limits)
-    if result.status != "ok" or marker not in result.stdout:
-        return False, f"{result.status}: {result.stderr[-300:]}", result.status == "timeout"
+    if result.status != "ok":
+        return False, _describe_error(result), result.status == "timeout"
+    if marker not in result.stdout:
+        return False, "no return value", False
     try:
         actual = json.loads(result.stdout.rsplit(marker, 1)[1])
     except ValueError:
@@ -163,7 +179,7 @@ def _run_one(program: str, fn_name: str | None, test: CodeTest, limits: SandboxL
     expected = test.expected
     ok = _values_match(actual, expected) or (  # APPS wraps single return values in a list
         isinstance(expected, list) and len(expected) == 1 and _values_match(actual, expected[0]))
-    return ok, "" if ok else f"returned {str(actual)[:200]}", False
+    return ok, "" if ok else f"returned a different {type(actual).__name__}", False
 
 
 def score_code(response: str, tests: CodeTests, limits: SandboxLimits, partial_credit: bool,

@@ -15,6 +15,7 @@ data_source, first rule wins): gsm8k / aime / amc / memento_arith -> "number"; g
 olympiad / dapo -> "math". `custom_function` replaces all of it (verl's custom_reward_function).
 """
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Dict, Literal, Optional
 from rewards.code import CodeResult, parse_tests, score_code
 from rewards.format import FormatReport, check_format, format_reward
 from rewards.pool import Call, Outcome, VerifierPool, load_function
-from rewards.sandbox import SandboxLimits
+from rewards.sandbox import ISOLATION_CHOICES, Isolation, SandboxLimits, SandboxUnavailable, resolve_isolation
 
 VerifierKind = Literal["math", "number", "choice", "code", "custom", "none"]
 Verdict = Literal["correct", "partial", "wrong", "no_answer", "timeout", "error"]
@@ -37,6 +38,7 @@ ROUTES: tuple[tuple[tuple[str, ...], VerifierKind], ...] = (
     (("math", "numina", "olympiad", "dapo"), "math"),
 )
 MAX_LOGGED_CHARS = 200
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +53,9 @@ class RewardConfig:
     code_memory_mb: int = 1024
     code_sample_seconds: float = 60.0  # all tests of one response
     code_max_tests: Optional[int] = None  # run only the first N tests of a problem
-    sandbox_isolation: str = "auto"  # "auto" (namespaces if allowed) or "audit" (hooks only)
+    # "auto": the strongest of bwrap / namespaces / userns that works here (refuses code when none
+    # does); or one of them by name; "insecure": no isolation (docs/sandbox.md), a warning and a metric
+    sandbox_isolation: str = "auto"
     partial_credit: bool = False  # code: fraction of tests passed instead of all-or-nothing
     format_penalty: float = 0.0  # subtracted from malformed memento responses
     format_bonus: float = 0.0  # added to well-formed ones
@@ -69,8 +73,9 @@ class RewardConfig:
             raise ValueError(f"[reward.code_max_tests] must be > 0 or null, got {self.code_max_tests}")
         if self.format_penalty < 0 or self.format_bonus < 0:
             raise ValueError("[reward.format_penalty / format_bonus] must be >= 0 (the sign is implied)")
-        if self.sandbox_isolation not in ("auto", "audit"):
-            raise ValueError(f"[reward.sandbox_isolation] must be 'auto' or 'audit', got {self.sandbox_isolation!r}")
+        if self.sandbox_isolation not in ISOLATION_CHOICES:
+            raise ValueError(f"[reward.sandbox_isolation] must be one of {ISOLATION_CHOICES}, "
+                             f"got {self.sandbox_isolation!r}")
         kinds = {"math", "number", "choice", "code"}
         for key, kind in self.extra_routes.items():
             if kind not in kinds:
@@ -133,10 +138,25 @@ class RewardManager:
         self.pool = VerifierPool(self.config.math_workers, self.config.math_timeout_seconds,
                                  self.config.math_memory_mb, preload=("math_verify", "rewards.math"))
         self._threads = ThreadPoolExecutor(self.config.code_workers, thread_name_prefix="reward-code")
+        self.sandbox_isolation, self._sandbox_error = self._probe_sandbox()
         cpu = max(1, int(self.config.code_test_seconds + 0.999))
         self.sandbox_limits = SandboxLimits(wall_seconds=self.config.code_test_seconds, cpu_seconds=cpu,
                                             memory_mb=self.config.code_memory_mb,
-                                            isolation=self.config.sandbox_isolation)  # type: ignore[arg-type]
+                                            isolation=self.sandbox_isolation or self.config.sandbox_isolation)
+
+    def _probe_sandbox(self) -> tuple[Isolation | None, str]:
+        """The isolation code runs under (probed once, logged), or None and why none works."""
+        try:
+            isolation = resolve_isolation(self.config.sandbox_isolation)
+        except SandboxUnavailable as e:
+            logger.error("code rewards are disabled: %s", e)
+            return None, str(e)
+        if isolation == "insecure":
+            logger.warning("reward.sandbox_isolation=insecure: code from the policy runs WITHOUT isolation; "
+                           "it can read and change anything this trainer can (docs/sandbox.md)")
+        else:
+            logger.info("code rewards run in the %r sandbox", isolation)
+        return isolation, ""
 
     def route(self, data_source: str) -> VerifierKind:
         if self.config.custom_function:
@@ -152,13 +172,16 @@ class RewardManager:
 
     def score(self, responses: list[str], data_sources: list[str], ground_truths: list,
               extra_infos: list[dict | None] | None = None) -> RewardBatch:
-        """Score B responses. Raises only on mismatched list lengths (a caller bug), never on content."""
+        """Score B responses. Raises on mismatched list lengths (a caller bug) and on code samples when
+        no sandbox works on this host (SandboxUnavailable, saying how to fix it), never on content."""
         extra_infos = extra_infos if extra_infos is not None else [None] * len(responses)
         if not len(responses) == len(data_sources) == len(ground_truths) == len(extra_infos):
             raise ValueError(f"batch lengths differ: {len(responses)} responses, {len(data_sources)} data_sources, "
                              f"{len(ground_truths)} ground_truths, {len(extra_infos)} extra_infos")
         responses = [r if isinstance(r, str) else "" if r is None else str(r) for r in responses]
         kinds = [self.route(source) for source in data_sources]
+        if "code" in kinds and self.sandbox_isolation is None:
+            raise SandboxUnavailable(self._sandbox_error)  # fail closed: never run policy code unisolated
         code_futures = {i: self._threads.submit(self._score_code, responses[i], ground_truths[i], extra_infos[i])
                         for i, kind in enumerate(kinds) if kind == "code"}
         pool_indices = [i for i, kind in enumerate(kinds) if kind in ("math", "number", "choice", "custom")]
@@ -176,7 +199,9 @@ class RewardManager:
             bonus = format_reward(fmt, self.config.format_penalty, self.config.format_bonus)
             infos.append(RewardInfo(**vars(verification), data_source=str(data_sources[i]), verifier=kind,
                                     score=verification.task_score + bonus, format=fmt))
-        return RewardBatch([info.score for info in infos], infos, batch_metrics(infos))
+        metrics = batch_metrics(infos)
+        metrics["reward/sandbox_insecure"] = float(self.sandbox_isolation == "insecure")
+        return RewardBatch([info.score for info in infos], infos, metrics)
 
     def _call(self, i: int, kind: VerifierKind, responses, data_sources, ground_truths, extra_infos) -> Call:
         if kind == "custom":

@@ -6,8 +6,9 @@ child process with a hard wall-clock kill, as `rewards.pool.VerifierPool` does.
 
 Answer styles (chosen per data source by `rewards.manager`):
 - "math":   last \\boxed{...} (balanced braces), else a "Final Answer:" / "answer is" line.
-            Equivalence of ints, fractions, decimals, LaTeX, sets, intervals, tuples, matrices,
-            units and percentages via math-verify (float rounding at 6 digits).
+            Plain numbers compare in exact Fraction arithmetic: integers exactly, decimals within
+            1e-6 relative (`numbers_match`); LaTeX, sets, intervals, tuples, matrices, units and
+            percentages via math-verify (float rounding at 6 digits).
 - "number": as "math", plus "#### n" and, last, the last number in the answer (GSM8K, AIME).
 - "choice": a multiple-choice letter A-J (GPQA, MMLU-style).
 
@@ -16,7 +17,6 @@ closes it (truncated reasoning) has no answer.
 """
 
 import logging
-import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,10 +33,13 @@ _INLINE_MATH = re.compile(r"\$([^$]{1,%d})\$" % MAX_ANSWER_CHARS)
 _HASHES = re.compile(r"####\s*([^\n]{1,100})")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
-_CHOICE_PHRASE = re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*(?:option\s*)?\(?\**\s*([A-J])\b(?![-'])",
-                            re.IGNORECASE)
-_CHOICE_ALONE = re.compile(r"^\W*(?:option\s*)?\(?([A-J])\)?\W*$", re.IGNORECASE)
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,4})?(?:/\d+)?")
+_NUMBER_TOKEN = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,4})?")  # exponent capped: no 10**10**9
+REL_TOLERANCE, ABS_TOLERANCE = Fraction(1, 10**6), Fraction(1, 10**9)
+# A capital letter counts alone; a lowercase one only as "(b)", "b)" or "b." ("the answer is a bit ...").
+_CHOICE_LETTER = r"(?:\(\s*([A-Ja-j])\s*\)|([A-J])\)?|([a-j])[).])"
+_CHOICE_PHRASE = re.compile(r"(?i:answer\s*(?:is|:)?\s*[:\-]?\s*(?:option\s*)?)\**\s*" + _CHOICE_LETTER + r"(?![\w'-])")
+_CHOICE_ALONE = re.compile(r"^\W*(?i:option\s*)?" + _CHOICE_LETTER + r"\W*$")
 _PERCENT = re.compile(r"\\?%|\\text\{\s*\\?%\s*\}|\s*percent\b")
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
 
@@ -135,32 +138,59 @@ def _answer_line(section: str) -> str | None:
 def _extract_choice(section: str) -> str | None:
     boxed = last_boxed(section)
     candidates = [boxed] if boxed is not None else []
-    candidates += [m.group(1) for m in _CHOICE_PHRASE.finditer(section[-10_000:])][-1:]
+    candidates += [m.groups()[_letter_group(m)].upper() for m in _CHOICE_PHRASE.finditer(section[-10_000:])][-1:]
     candidates.append(section.strip()[:50])
     for text in candidates:
-        inner = _TEXT_WRAPPER.sub(r"\1", text.strip())
-        match = _CHOICE_ALONE.match(inner)
-        if match:
-            return match.group(1).upper()
+        letter = _choice_letter(_TEXT_WRAPPER.sub(r"\1", text.strip()))
+        if letter:
+            return letter
     return None
 
 
-def _as_number(text: str) -> Fraction | None:
+def _letter_group(match: re.Match) -> int:
+    return next(i for i, group in enumerate(match.groups()) if group is not None)
+
+
+def _choice_letter(text: str) -> str | None:
+    match = _CHOICE_ALONE.match(text)
+    return match.groups()[_letter_group(match)].upper() if match else None
+
+
+@dataclass(frozen=True)
+class Number:
+    value: Fraction  # exact: no float on the way, so 401-digit answers neither overflow nor round
+    integer: bool  # written as an integer (no point, exponent or fraction bar)
+    decimal: bool  # written with a decimal point or an exponent
+
+
+def _number(text: str) -> Number | None:
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    decimal = "." in text or "e" in text or "E" in text
+    return Number(value, not decimal and "/" not in text, decimal)
+
+
+def number_token(token: str) -> Number | None:
+    """A whitespace-free token of program output read as a number, or None."""
+    return _number(token) if _NUMBER_TOKEN.fullmatch(token) else None
+
+
+def numbers_match(pred: Number, gold: Number) -> bool:
+    """Integers exactly; otherwise a decimal on either side within 1e-6 relative (1e-9 absolute)."""
+    if pred.value == gold.value:
+        return True
+    if gold.integer or not (pred.decimal or gold.decimal):
+        return False
+    return abs(pred.value - gold.value) <= max(REL_TOLERANCE * max(abs(pred.value), abs(gold.value)), ABS_TOLERANCE)
+
+
+def _as_number(text: str) -> Number | None:
     text = text.replace("\\$", "").replace("$", "").replace("\\!", "").replace("{,}", ",").strip()
     if _THOUSANDS.fullmatch(text):  # "1,000" is a number; "3,2" is a list
         text = text.replace(",", "")
-    if not _PLAIN_NUMBER.fullmatch(text):
-        return None
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _numbers_equal(a: Fraction, b: Fraction) -> bool:
-    if a == b:
-        return True
-    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    return _number(text) if _PLAIN_NUMBER.fullmatch(text) else None
 
 
 def _math_verify_equal(pred: str, gold: str) -> bool:
@@ -191,8 +221,8 @@ def math_equal(pred: str, gold: str) -> bool:
     pred_num, gold_num = _as_number(pred), _as_number(gold)
     if pred_num is not None and gold_num is not None:
         # "50\\%" as truth accepts 50 and 0.5; 0.5 as truth does not accept "50\\%"
-        return _numbers_equal(pred_num, gold_num) or (
-            gold_percent and not pred_percent and _numbers_equal(pred_num * 100, gold_num))
+        return numbers_match(pred_num, gold_num) or (gold_percent and not pred_percent and numbers_match(
+            Number(pred_num.value * 100, pred_num.integer, pred_num.decimal), gold_num))
     return _math_verify_equal(pred, gold)
 
 
@@ -216,6 +246,6 @@ def score_math(response: str, ground_truth: object, style: AnswerStyle) -> MathR
         return MathResult(None, False)
     golds = _gold_answers(ground_truth, style)
     if style == "choice":
-        letters = [_CHOICE_ALONE.match(_TEXT_WRAPPER.sub(r"\1", g)) for g in golds]
-        return MathResult(extracted, any(m and m.group(1).upper() == extracted for m in letters))
+        return MathResult(extracted, any(_choice_letter(_TEXT_WRAPPER.sub(r"\1", g).upper()) == extracted
+                                         for g in golds))
     return MathResult(extracted, any(math_equal(extracted, gold) for gold in golds))

@@ -1,133 +1,292 @@
-"""Child side of the sandbox: isolate this process, then run one untrusted Python program.
+"""Child side of the sandbox: isolate, then run one untrusted Python program.
 
-Started by `rewards.sandbox.run_python` as `python -I -B sandbox_guard.py <json>`, already in its
-own session and process group, with cwd = the work directory, a scrubbed environment and stdin /
-stdout / stderr redirected to files. Standard library only: it runs before anything is trusted.
+`rewards.sandbox.run_python` starts this as `python -I -B -c <this file's text> <json>` (the text
+travels on the command line, so no host path has to be visible inside the sandbox) in its own
+session, with a scrubbed environment, stdin / stdout / stderr on files and the program's source on
+an inherited descriptor. Every layer is required: when one cannot be applied the guard prints why and exits with
+SETUP_FAILED before the program runs (fail closed). Processes, outside in:
 
-Layers, strongest first (each one that the OS refuses is skipped, the rest still apply):
-1. Namespaces (needs root): new mount, network and PID namespaces. Every mount is remounted
-   read-only except the work directory; the network namespace has no usable interface; PID 1 of
-   the new namespace is a small reaper, so when it exits (or is killed, via PDEATHSIG) the kernel
-   kills every process the program left, even ones that called setsid().
-2. Credentials: when root, switch to `nobody` keeping only CAP_DAC_READ_SEARCH (so the interpreter
-   under a private home stays readable), which makes RLIMIT_NPROC apply and the program unable to
-   signal or ptrace other users' processes.
-3. Resource limits: CPU seconds, address space, file size (also caps captured stdout), processes.
-4. Python audit hook: refuses internet sockets and writes outside the work directory; without
-   namespaces it also refuses process creation and signals to other processes. ctypes can bypass
-   this layer; it is the fallback, not the wall.
+  outer     host side: a child subreaper (it reaps whatever the levels below orphan), PDEATHSIG,
+            OOM score 1000 and nice 19 (inherited, so the kernel kills and deprioritises runs,
+            never the trainer). On SIGTERM it kills its child; it exits once it has no children.
+  builtin   ("namespaces" as root, "userns" otherwise) unshare mount, PID, network, IPC and UTS
+            namespaces, plus a user namespace when not root; then PID 1 of the new PID namespace
+            builds the root below, forks the program and reaps until it exits. PID 1's exit takes
+            every process left in the namespace with it.
+  bwrap     exec bubblewrap, which builds the same namespaces and root and runs this file again
+            as stage "inner", doing only the program step.
+  program   per-run uid (as root), no capabilities, empty bounding set, no_new_privs, rlimits,
+            then a seccomp filter, then `exec` of the source as __main__.
+
+The root is an allowlist, not the host's: a read-only tmpfs holding read-only, nosuid, nodev binds
+of the paths `rewards.sandbox.visible_paths` lists (system libraries and the interpreter's
+prefixes), a minimal /dev, a fresh procfs, and /tmp (the work dir) on a tmpfs of `disk_mb`.
+Data, checkpoints, /root, /home, the trainer's /tmp and other runs do not exist inside.
+
+Level "insecure" has none of this: rlimits plus a Python audit hook that ctypes bypasses.
 """
 
 import ctypes
+import errno
 import json
 import os
+import platform
 import resource
 import signal
 import socket
 import sys
+import traceback
 
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-PR_SET_PDEATHSIG, PR_SET_KEEPCAPS = 1, 8
-CAP_DAC_READ_SEARCH = 2
-NOBODY = 65534
-
+SETUP_FAILED = 120
+WORK_DIR = "/tmp"
+CLONE_THREAD, CLONE_NEWCGROUP, CLONE_NEWNS = 0x00010000, 0x02000000, 0x00020000
+CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER = 0x04000000, 0x08000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x20000000, 0x40000000, 0x00000080
+NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+DEVICES = ("null", "zero", "full", "random", "urandom")
+TIOCSTI = 0x5412
+# Calls a test program never needs: debugging other processes, mounts and namespaces, kernel
+# interfaces with a history of privilege escalations, and escapes from a bind mount by file handle.
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "pidfd_open",
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "move_mount", "open_tree",
+    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "open_by_handle_at", "name_to_handle_at", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key", "request_key",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "acct", "quotactl", "syslog", "settimeofday", "clock_settime",
+    "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "iopl", "ioperm", "vhangup",
+    "fanotify_init", "lookup_dcookie", "uselib", "personality",
+)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _mount(source, target, flags):
+class SetupError(Exception):
+    pass
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        raise SetupError(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def _prctl(option: int, arg: int, what: str) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), what)
+
+
+def _mount(source, target, fstype, flags, data=None) -> None:
     enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
-    return _libc.mount(enc(source), enc(target), None, ctypes.c_ulong(flags), None) == 0
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+           f"mount {target}")
 
 
-def _mount_points():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            # field 5 is the mount point (octal-escaped), field 6 its per-mount options
-            point = fields[4].encode().decode("unicode_escape")
-            yield point, fields[5].split(",")
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
-def _read_only_except(workdir):
-    """Make every mount read-only in this (new) mount namespace, except `workdir`."""
-    if not _mount(None, "/", MS_REC | MS_PRIVATE) or not _mount(workdir, workdir, MS_BIND):
-        return False
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-    for point, options in _mount_points():
-        if point == workdir:
-            continue
-        extra = sum(flag for name, flag in keep.items() if name in options)
-        _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | extra)
-    os.chdir(workdir)  # the old cwd still points into the (now read-only) underlying mount
-    return True
+# --- the root filesystem (builtin levels, in PID 1 of the new namespaces) -------------------------
+
+def _locked_flags(path: str) -> int:
+    """Flags of the mount holding `path` that a user namespace may not clear on remount."""
+    st = os.statvfs(path).f_flag
+    pairs = ((os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+             (os.ST_RELATIME, MS_RELATIME))
+    return sum(ms for st_flag, ms in pairs if st & st_flag)
 
 
-def _enter_namespaces(workdir):
-    if os.geteuid() != 0 or _libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID) != 0:
-        return False
-    return _read_only_except(workdir)
-
-
-def _become_reaper_then_fork():
-    """In the parent namespace: wait for PID 1; as PID 1: wait for the program. Returns in the program."""
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            # Dies with its parent: killing the outer guard's process group takes the namespace down.
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            continue
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(code if code >= 0 else 128 - code)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-def _drop_privileges():
-    if os.geteuid() != 0:
+def _bind_read_only(path: str, new_root: str) -> None:
+    target = new_root + path
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.islink(path):
+        os.symlink(os.readlink(path), target)
         return
-    _libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
-    os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)()
-    data[0].effective = data[0].permitted = 1 << CAP_DAC_READ_SEARCH
-    _libc.capset(ctypes.byref(header), data)  # best effort: without it, nobody may lack read access
+    if os.path.isdir(path):
+        os.makedirs(target, exist_ok=True)
+    else:
+        open(target, "w").close()
+    _mount(path, target, None, MS_BIND | MS_REC)
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _locked_flags(path))
 
 
-def _set_limits(limits):
-    cpu = limits["cpu_seconds"]
-    memory = limits["memory_mb"] << 20
+def _make_dev(new_root: str) -> None:
+    dev = new_root + "/dev"
+    os.mkdir(dev)
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,nr_inodes=64,mode=0755")
+    for name in DEVICES:
+        open(f"{dev}/{name}", "w").close()
+        _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    _mount(None, dev, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+
+
+def _build_root(config: dict) -> None:
+    new_root, owner = config["mountpoint"], config["run_uid"] if config["run_uid"] is not None else os.getuid()
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    for path in config["visible"]:
+        _bind_read_only(path, new_root)
+    _make_dev(new_root)
+    os.mkdir(new_root + "/proc")
+    _mount("proc", new_root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.mkdir(new_root + WORK_DIR)
+    _mount("tmpfs", new_root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700,uid={owner},gid={owner}")
+    os.chdir(new_root)
+    syscall = SYS_PIVOT_ROOT.get(platform.machine())
+    if syscall is None:
+        raise SetupError(f"pivot_root: unknown architecture {platform.machine()}")
+    _check(_libc.syscall(syscall, b".", b"."), "pivot_root")  # the old root ends up stacked on "."
+    _check(_libc.umount2(b".", MNT_DETACH), "detach the host root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _enter_namespaces(config: dict) -> None:
+    """Called in a child of the outer guard; the next fork is PID 1 of the new PID namespace."""
+    if config["isolation"] == "userns":
+        uid, gid = os.getuid(), os.getgid()
+        _check(_libc.unshare(NAMESPACES | CLONE_NEWUSER), "unshare (user namespace)")
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    else:
+        _check(_libc.unshare(NAMESPACES), "unshare")
+
+
+def _init_process(config: dict) -> None:
+    """PID 1: build the root, fork the program, reap every process until the program exits."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PDEATHSIG")
+    _build_root(config)
+    program = os.fork()
+    if program == 0:
+        _run_program(config)
+    while True:
+        pid, status = os.wait()
+        if pid == program:
+            os._exit(_exit_code(status))
+
+
+# --- the program's own process ----------------------------------------------------------------------
+
+def _drop_privileges(run_uid) -> None:
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
+    cap = 0
+    while _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 or ctypes.get_errno() == errno.EPERM:
+        cap += 1  # EINVAL past the last capability; EPERM where bubblewrap already emptied the set
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if run_uid is not None:
+        os.setgroups([])
+        os.setresgid(run_uid, run_uid, run_uid)
+        os.setresuid(run_uid, run_uid, run_uid)  # clears the permitted and effective capabilities
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    _check(_libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    held = [k for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if int(status[k], 16)]
+    if held or status["NoNewPrivs"].strip() != "1" or os.getuid() == 0:
+        raise SetupError(f"privileges remain: {held or 'uid 0 or no no_new_privs'}")
+
+
+def _set_limits(limits: dict) -> None:
+    cpu, memory, fsize = limits["cpu_seconds"], limits["memory_mb"] << 20, limits["file_size_mb"] << 20
     for kind, soft, hard in [
         (resource.RLIMIT_CPU, cpu, cpu + 1),
         (resource.RLIMIT_AS, memory, memory),
-        (resource.RLIMIT_FSIZE, limits["file_size_mb"] << 20, limits["file_size_mb"] << 20),
-        (resource.RLIMIT_NPROC, limits["max_processes"], limits["max_processes"]),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NPROC, limits["max_processes"], limits["max_processes"]),  # threads count too
         (resource.RLIMIT_CORE, 0, 0),
         (resource.RLIMIT_NOFILE, 256, 256),
+        (resource.RLIMIT_MEMLOCK, 0, 0),
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
     ]:
-        try:
-            resource.setrlimit(kind, (soft, hard))
-        except (ValueError, OSError):
-            pass
+        old_hard = resource.getrlimit(kind)[1]
+        if old_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, old_hard), min(hard, old_hard)
+        resource.setrlimit(kind, (soft, hard))
 
+
+def _load_seccomp() -> None:
+    """Deny DENIED_SYSCALLS, new namespaces, TIOCSTI and new processes (threads stay allowed):
+    without a per-run cgroup, one process per run is what makes RLIMIT_AS a per-run memory limit."""
+    try:
+        import pyseccomp as sc
+    except (ImportError, OSError) as e:
+        raise SetupError(f"seccomp: {e} (needs libseccomp2 and the pyseccomp package)") from e
+    deny = sc.ERRNO(errno.EPERM)
+    rules = sc.SyscallFilter(sc.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            rules.add_rule(deny, name)
+        except (OSError, ValueError, RuntimeError):
+            pass  # not a call on this architecture
+    rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are out of a filter's reach; libc falls back
+    for flag in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
+                 CLONE_NEWCGROUP, CLONE_NEWTIME):
+        rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    for name in ("fork", "vfork"):
+        try:
+            rules.add_rule(deny, name)
+        except (OSError, ValueError, RuntimeError):
+            pass  # aarch64 has neither
+    rules.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
+    rules.load()
+
+
+def _read_source(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _run_program(config: dict) -> None:
+    try:
+        source = _read_source(config["source_fd"])
+        os.chdir(WORK_DIR)
+        if config["stage"] == "inner" and config["run_uid"] is not None:
+            os.chmod(WORK_DIR, 0o700)
+            os.chown(WORK_DIR, config["run_uid"], config["run_uid"])  # bubblewrap's tmpfs is root's
+        _drop_privileges(config["run_uid"])
+        _set_limits(config["limits"])
+        _load_seccomp()
+    except (SetupError, OSError, ValueError) as e:
+        _setup_failed(e)
+    _exec_source(source)
+
+
+def _exec_source(source: str) -> None:
+    """Run the program; its exit (SystemExit, a traceback) ends this process like `python file.py`,
+    joining its threads first, and never returns into the guard's own code."""
+    sys.argv = ["solution.py"]
+    try:
+        exec(compile(source, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001 - the program's own error, reported the way python reports it
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    raise SystemExit(0)
+
+
+# --- level "insecure": an audit hook, not a sandbox -------------------------------------------------
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                    "subprocess.Popen", "os.setsid", "os.setpgid"}
 
 
-def _install_audit_hook(workdir, strict):
+def _install_audit_hook(workdir: str) -> None:
     workdir = os.path.realpath(workdir) + os.sep
     allowed_files = {"/dev/null", "/dev/stdout", "/dev/stderr"}
     own_pid = os.getpid()
@@ -143,29 +302,72 @@ def _install_audit_hook(workdir, strict):
                     raise PermissionError(f"sandbox: writing outside the work directory: {real}")
         elif event == "socket.__new__" and args[1] != socket.AF_UNIX:
             raise PermissionError("sandbox: network access is disabled")
-        elif strict and event in _PROCESS_EVENTS:
+        elif event in _PROCESS_EVENTS:
             raise PermissionError(f"sandbox: {event} is disabled")
-        elif strict and event in ("os.kill", "os.killpg") and args[0] not in (own_pid, 0):
+        elif event in ("os.kill", "os.killpg") and args[0] not in (own_pid, 0):
             raise PermissionError("sandbox: signalling other processes is disabled")
 
     sys.addaudithook(hook)
 
 
-def main():
-    config = json.loads(sys.argv[1])
-    with open(config["program"], encoding="utf-8", errors="replace") as f:
-        source = f.read()
-    workdir = os.getcwd()
-    namespaces = config["isolation"] == "auto" and _enter_namespaces(workdir)
-    if namespaces:
-        _become_reaper_then_fork()
-    _drop_privileges()
+def _run_insecure(config: dict) -> None:
+    source = _read_source(config["source_fd"])
+    os.chdir(config["workdir"])
     _set_limits(config["limits"])
-    _install_audit_hook(workdir, strict=not namespaces)
-    code = compile(source, "solution.py", "exec")
-    del config, source
-    sys.argv = ["solution.py"]
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    _install_audit_hook(config["workdir"])
+    _exec_source(source)
+
+
+# --- the outer guard -------------------------------------------------------------------------------
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _setup_failed(error: Exception) -> None:
+    os.write(2, f"memento-sandbox: setup failed: {error}\n".encode())
+    os._exit(SETUP_FAILED)
+
+
+def _outer(config: dict) -> None:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PDEATHSIG")
+    _write("/proc/self/oom_score_adj", "1000")
+    os.nice(19)
+    if config["isolation"] == "insecure":
+        _run_insecure(config)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, "subreaper")
+    child = os.fork()
+    if child == 0:
+        try:
+            if config["isolation"] == "bwrap":
+                os.execv(config["bwrap_argv"][0], config["bwrap_argv"])
+            _enter_namespaces(config)
+            if os.fork() == 0:
+                _init_process(config)
+            _, status = os.wait()
+            os._exit(_exit_code(status))
+        except (SetupError, OSError) as e:
+            _setup_failed(e)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGKILL))
+    code = SETUP_FAILED
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(code)
+        if pid == child:
+            code = _exit_code(status)
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    try:
+        if config["stage"] == "inner":
+            _run_program(config)
+        _outer(config)
+    except (SetupError, OSError) as e:
+        _setup_failed(e)
 
 
 if __name__ == "__main__":
