@@ -9,6 +9,9 @@ Layout of one checkpoint:
     actor/             DeepSpeed state of every actor rank (model, optimizer, scheduler, RNG)
     trainer_state.json step counter, data-loader position, wandb run id (rollout seeds derive
                        from the step, so nothing else is needed to replay the run)
+
+`resolve_model_path` turns a model key (a checkpoint directory or "tiny") into the directory a
+job starts from.
 """
 
 from __future__ import annotations
@@ -85,3 +88,17 @@ def _fsync_tree(root: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+
+
+def resolve_model_path(path: str, run_dir: Path) -> str:
+    """The Hugging Face checkpoint directory a job starts from (RL and SFT alike).
+
+    "tiny" builds the in-repo tiny model (memento tokens included) under `run_dir/tiny_model`.
+    """
+    if path == "tiny":
+        from rollout.tiny_model import build_tiny_model
+
+        return str(build_tiny_model(Path(run_dir) / "tiny_model"))
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"actor_rollout_ref.model.path: no checkpoint directory at {path}")
+    return path

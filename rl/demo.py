@@ -29,9 +29,9 @@ from typing import Literal
 import numpy as np
 
 from rl.config import Config, OptimConfig, from_dict, parse_overrides
-from rl.eval import EvalConfig, evaluate
-from rl.sft import SFTConfig, run_sft
-from rl.tasks import ArithConfig, state_memento_share, write_arith_datasets
+from rl.data.arith import ArithConfig, state_memento_share, write_arith_datasets
+from rl.eval.evaluate import EvalConfig, evaluate
+from rl.sft.train import SFTConfig, run_sft
 
 
 @dataclass

@@ -29,9 +29,9 @@ import torch
 from rewards.manager import RewardManager
 from rl import advantages as adv
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches, pad_right
-from rl.checkpoint import CheckpointManager, read_json, write_json
+from rl.checkpoint import CheckpointManager, read_json, resolve_model_path, write_json
 from rl.config import Config, load_config
-from rl.data import PromptLoader, load_prompts
+from rl.data.prompts import PromptLoader, load_prompts
 from rl.losses import rollout_mismatch
 from rl.tracking import Tracker, timed
 from rollout.layout import MementoConfig, kv_stats, memento_stats
@@ -373,16 +373,6 @@ class Trainer:
         for group in (self.actor, self.ref, self.rollout):
             if group is not None:
                 group.kill()
-
-
-def resolve_model_path(path: str, run_dir: Path) -> str:
-    if path == "tiny":
-        from rollout.tiny_model import build_tiny_model
-
-        return str(build_tiny_model(run_dir / "tiny_model"))
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"actor_rollout_ref.model.path: no checkpoint directory at {path}")
-    return path
 
 
 def scatter_responses(batch: RolloutBatch, micro_batches: list, outputs: list,

@@ -69,7 +69,7 @@ def run_trl(model_dir: Path, data_file: Path, args, work: Path) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.data import read_rows
+    from rl.data.rows import read_rows
     sys.path.insert(0, str(ROOT / "tests" / "rl"))
     from toy_reward import digit_share
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     args = parser.parse_args()
 
-    from rl.tasks import ArithConfig, write_arith_datasets
+    from rl.data.arith import ArithConfig, write_arith_datasets
     from rollout.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:

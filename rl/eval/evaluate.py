@@ -10,7 +10,7 @@ Each problem gets `n` samples from the memento engine (`rollout.engine`), or fro
 computed while their block was visible). Sampling defaults follow the paper's protocol
 (temperature 0.6, top-p 0.95, top-k 20, 32,000 new tokens; the paper draws 64 samples per
 competition problem and 2 for MATH-500/GPQA). The reward manager scores each response (answer
-after `</think>`); `rl.eval_metrics` turns the verdicts into pass@1 with its standard error over
+after `</think>`); `rl.eval.metrics` turns the verdicts into pass@1 with its standard error over
 problems, unbiased pass@k and maj@k.
 
 KV per response is replayed from its tokens, as the paper does: `rollout.layout.kv_stats` on
@@ -28,7 +28,7 @@ Output directory (`output_dir`):
     config.json     the config these results belong to; a rerun with a different one refuses
     problems.jsonl  one line per finished problem, appended after every chunk of problems, so an
                     interrupted run loses at most one chunk and a rerun evaluates only the rest
-    results.json, report.md, *.png    summary per benchmark (rl.eval_report)
+    results.json, report.md, *.png    summary per benchmark (rl.eval.report)
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ import numpy as np
 
 from rewards.manager import RewardConfig, RewardManager
 from rl.config import MementoOptions, from_dict
-from rl.data import DataError, PromptRow, parse_prompt_row, read_rows
-from rl.eval_metrics import accuracy_metrics, default_ks
+from rl.data.prompts import PromptRow, parse_prompt_row
+from rl.data.rows import DataError, read_rows
+from rl.eval.metrics import accuracy_metrics, default_ks
 from rollout.layout import MementoConfig, evict_at, kv_bytes_per_token, kv_stats, memento_stats
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -334,7 +335,7 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from rl.eval_report import write_report
+    from rl.eval.report import write_report
     from rollout.engine import Sampling
 
     if not cfg.model_path or not cfg.benchmark_files:
@@ -401,6 +402,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.argv = [sys.argv[0], *argv]
     run()
 
-
-if __name__ == "__main__":
-    main()

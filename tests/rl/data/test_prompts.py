@@ -1,12 +1,12 @@
-"""rl.data: verl-format loading, chat template, length filter, bad rows, exact loader resume."""
+"""rl.data.prompts: verl-format loading, chat template, length filter, bad rows, loader resume."""
 
 import json
 
 import pytest
 from transformers import AutoTokenizer
 
-from rl.data import (DataError, PromptDataset, PromptExample, PromptLoader, load_prompts,
-                     write_jsonl, write_parquet)
+from rl.data.prompts import PromptDataset, PromptExample, PromptLoader, load_prompts
+from rl.data.rows import DataError, write_jsonl, write_parquet
 
 # The tiny tokenizer is byte-level, so a prompt of L ASCII chars costs L tokens plus the ChatML
 # template: <|im_start|> "user\n" (5) <|im_end|> "\n" (1) <|im_start|> "assistant\n" (10) = 19.

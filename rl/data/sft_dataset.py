@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rl.data import DataError, OnBadRow, parse_files
+from rl.data.rows import DataError, OnBadRow, parse_files
 from rollout.layout import BLOCK_END, BLOCK_START, MEMENTO_TOKENS, SUMMARY_END, SUMMARY_START
 
 THINK_START, THINK_END = "<think>", "</think>"

@@ -1,4 +1,4 @@
-"""rl.tasks: the arithmetic task's problems, exact answers, memento traces and dataset files."""
+"""rl.data.arith: the arithmetic task's problems, exact answers, memento traces and files."""
 
 import math
 import re
@@ -7,9 +7,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from rewards.math import score_math
-from rl.data import PromptDataset, read_rows
-from rl.sft_data import SFTDataset, check_memento_response
-from rl.tasks import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
+from rl.data.prompts import PromptDataset
+from rl.data.rows import read_rows
+from rl.data.sft_dataset import SFTDataset, check_memento_response
+from rl.data.arith import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
                       solution_trace, state_memento_share, write_arith_datasets)
 from rollout.layout import MementoConfig, evict_at, memento_stats
 

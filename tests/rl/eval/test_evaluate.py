@@ -1,4 +1,4 @@
-"""rl.eval end to end on the tiny model: accuracy, KV replay, the control, resuming.
+"""rl.eval.evaluate end to end on the tiny model: accuracy, KV replay, the control, resuming.
 
 One real vLLM engine (memento mode) serves the module. The random tiny model is made to write a
 fixed structure through the engine's test hooks: two blocks with mementos, `</think>`, then
@@ -14,9 +14,9 @@ import pytest
 
 from rewards.manager import RewardConfig
 from rl.config import MementoOptions
-from rl.data import write_jsonl, write_parquet
-from rl.eval import EvalConfig, evaluate, read_finished
-from rl.tasks import write_arith_datasets
+from rl.data.arith import write_arith_datasets
+from rl.data.rows import write_jsonl, write_parquet
+from rl.eval.evaluate import EvalConfig, evaluate, read_finished
 from rollout.layout import MementoConfig, evict_at, kv_stats
 
 N = 2  # samples per problem
@@ -178,7 +178,7 @@ def test_interrupted_eval_resumes_without_repeating_problems(tiny_model_dir, eng
 
 
 def test_simple_rows_become_chat_prompts_with_the_instruction(tiny_model_dir, tokenizer, tmp_path):
-    from rl.eval import load_benchmarks
+    from rl.eval.evaluate import load_benchmarks
 
     path = write_jsonl([{"problem": "2+2?", "answer": 4}], tmp_path / "mini.jsonl")
     (problem,) = load_benchmarks([str(path)], tokenizer, "Box it.")
@@ -199,7 +199,7 @@ def test_cli_dry_run_prints_the_config_and_needs_a_model(tmp_path):
 
 
 def test_chunks_are_runs_of_consecutive_problems():
-    from rl.eval import Problem, chunks
+    from rl.eval.evaluate import Problem, chunks
 
     todo = [Problem(f"b/{i}", "b", i, [], "b", "1", {}) for i in (0, 1, 2, 5, 6, 9)]
     assert [[p.position for p in c] for c in chunks(todo, 2)] == [[0, 1], [2], [5, 6], [9]]

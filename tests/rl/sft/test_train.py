@@ -4,8 +4,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl.config import OptimConfig
-from rl.sft import SFTConfig, run_sft
-from rl.tasks import ArithConfig, write_arith_datasets
+from rl.data.arith import ArithConfig, write_arith_datasets
+from rl.sft.train import SFTConfig, run_sft
 
 pytestmark = pytest.mark.slow
 

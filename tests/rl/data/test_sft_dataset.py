@@ -1,4 +1,4 @@
-"""rl.sft_data: OpenMementos parsing and assembly, prompt-masked tokenisation, new-token init."""
+"""rl.data.sft_dataset: OpenMementos parsing and assembly, prompt-masked tokens, new-token init."""
 
 import json
 from pathlib import Path
@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rl.data import DataError, write_jsonl
-from rl.sft_data import (IGNORE_INDEX, RELATED_WORDS, SFTDataset, SFTExample, add_memento_tokens,
+from rl.data.rows import DataError, write_jsonl
+from rl.data.sft_dataset import (IGNORE_INDEX, RELATED_WORDS, SFTDataset, SFTExample, add_memento_tokens,
                          check_memento_response, load_sft_examples, parse_sft_row, render_memento,
                          tokenize_sft)
 from rollout.layout import MEMENTO_TOKENS, MementoConfig, evict_at
 
 # A trimmed OpenMementos `full` row built from the MEMENTO authors' AIME example (shared/data).
-FULL_ROW = json.loads((Path(__file__).parent / "data" / "openmementos_full.json").read_text())
+FULL_ROW = json.loads(Path(__file__).with_name("openmementos_full.json").read_text())
 BS, BE, SS, SE = MEMENTO_TOKENS
 
 

@@ -1,4 +1,4 @@
-"""rl.eval_metrics against slow, obviously-correct references (every k-subset enumerated)."""
+"""rl.eval.metrics against slow, obviously-correct references (every k-subset enumerated)."""
 
 import itertools
 import math
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from rl.eval_metrics import (accuracy_metrics, default_ks, majority_correct, mean_and_stderr,
+from rl.eval.metrics import (accuracy_metrics, default_ks, majority_correct, mean_and_stderr,
                              pass_at_k)
 
 

@@ -1,7 +1,7 @@
 """Write an evaluation's results: results.json, report.md and three PNG plots.
 
-Called by `rl.eval.evaluate` with the summary (per benchmark: accuracy metrics from
-`rl.eval_metrics` and KV means) and the per-problem records of problems.jsonl. Plots use
+Called by `rl.eval.evaluate.evaluate` with the summary (per benchmark: accuracy metrics from
+`rl.eval.metrics` and KV means) and the per-problem records of problems.jsonl. Plots use
 matplotlib's Agg backend (no display needed):
 
     accuracy.png      pass@1 (+- standard error) and maj@n per benchmark

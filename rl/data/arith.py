@@ -9,7 +9,7 @@ exact test of the memento method, and its difficulty is set by the number of ste
 operand range. Answers are exact integers (division only when it divides evenly), scored by the
 math verifier from `\\boxed{N}` after `</think>`.
 
-    python -m rl.tasks out/     # writes arith_{train,val}.jsonl (RL) and arith_sft_{train,val}.jsonl
+    python -m rl.data.arith out/    # writes arith_{train,val}.jsonl (RL) and arith_sft_{train,val}.jsonl
 
 `write_builtin` backs the `builtin:arith` / `builtin:arith_val` entries of `data.train_files`.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
-from rl.data import write_jsonl
-from rl.sft_data import render_memento
+from rl.data.rows import write_jsonl
+from rl.data.sft_dataset import render_memento
 from rollout.layout import SUMMARY_END, SUMMARY_START
 
 Op = Literal["add", "sub", "mul", "div"]
@@ -197,7 +197,7 @@ def state_memento_share(responses: Sequence[str]) -> float:
 
 
 def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
-    """A verl-format prompt row (the on-disk schema rl.data reads)."""
+    """A verl-format prompt row (the on-disk schema rl.data.prompts reads)."""
     return {
         "prompt": [{"role": "user", "content": f"{problem.question} {INSTRUCTION}"}],
         "data_source": DATA_SOURCE,
@@ -207,7 +207,7 @@ def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
 
 
 def sft_row(problem: ArithProblem, cfg: ArithConfig, rng: random.Random) -> dict:
-    """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.sft_data reads;
+    """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.data.sft_dataset reads;
     `rng` draws which mementos are lossy (`cfg.lossy_memento_rate`)."""
     n_blocks = -(-len(problem.steps) // cfg.steps_per_block)
     lossy = [rng.random() < cfg.lossy_memento_rate for _ in range(n_blocks)]

@@ -12,24 +12,19 @@ training starts, never in the middle of a run.
     state = loader.state_dict()              # JSON-able; load_state_dict(state) resumes exactly
 
 `builtin:arith` and `builtin:arith_val` in a file list stand for the built-in arithmetic task
-(`rl.tasks`), generated into `data_dir`.
+(`rl.data.arith`), generated into `data_dir`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
-OnBadRow = Literal["raise", "skip"]
-T = TypeVar("T")
-
-
-class DataError(ValueError):
-    """A malformed file or row; the message names the file and the 0-based row."""
+from rl.data.arith import write_builtin
+from rl.data.rows import DataError, OnBadRow, parse_files
 
 
 @dataclass(frozen=True)
@@ -51,60 +46,6 @@ class PromptExample:
     data_source: str
     ground_truth: Any
     extra_info: dict[str, Any]
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Raw rows of a .jsonl or .parquet file (a line that is not a JSON object raises DataError)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".jsonl":
-        rows = []
-        with path.open() as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: row {len(rows)} (line {i + 1}) is not JSON: {e}") from e
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: row {len(rows)} (line {i + 1}) is not a JSON object")
-                rows.append(row)
-        return rows
-    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .parquet or .jsonl)")
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as JSON lines (atomically: temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def write_parquet(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows as a parquet table (nested dicts become structs, as verl's files have)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
-    tmp.replace(path)
-    return path
 
 
 def parse_prompt_row(row: dict[str, Any], where: str) -> PromptRow:
@@ -130,27 +71,6 @@ def parse_prompt_row(row: dict[str, Any], where: str) -> PromptRow:
     return PromptRow(
         messages=[{"role": m["role"], "content": m["content"]} for m in messages],
         data_source=data_source, ground_truth=reward_model["ground_truth"], extra_info=extra_info)
-
-
-def parse_files(files: Sequence[str | Path], parse: Callable[[dict[str, Any], str], T],
-                on_bad_row: OnBadRow) -> tuple[list[T], list[str]]:
-    """`parse(row, "file: row i")` over every row of every file.
-
-    Returns the parsed rows and the errors of the rows skipped (only with on_bad_row="skip";
-    with "raise" the first DataError propagates).
-    """
-    if on_bad_row not in ("raise", "skip"):
-        raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {on_bad_row!r}")
-    parsed, errors = [], []
-    for path in files:
-        for i, row in enumerate(read_rows(path)):
-            try:
-                parsed.append(parse(row, f"{path}: row {i}"))
-            except DataError as e:
-                if on_bad_row == "raise":
-                    raise
-                errors.append(str(e))
-    return parsed, errors
 
 
 # --------------------------------------------------------------------------- dataset
@@ -214,14 +134,12 @@ class PromptDataset:
 
 
 def resolve_files(files: Sequence[str], data_dir: str | Path | None) -> list[Path]:
-    """Paths as given, with `builtin:<name>` entries generated into `data_dir` (rl.tasks)."""
+    """Paths as given, with `builtin:<name>` entries generated into `data_dir` (rl.data.arith)."""
     paths = []
     for f in files:
         if str(f).startswith("builtin:"):
             if data_dir is None:
                 raise DataError(f"{f!r} needs a data_dir to generate into")
-            from rl.tasks import write_builtin  # rl.tasks imports this module
-
             paths.append(write_builtin(str(f).removeprefix("builtin:"), data_dir))
         else:
             paths.append(Path(f))

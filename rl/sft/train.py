@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,7 +24,8 @@ import numpy as np
 from rl.algo_config import AlgoConfig
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
 from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig, from_dict, parse_overrides
-from rl.sft_data import SFTDataset, SFTSample
+from rl.checkpoint import resolve_model_path
+from rl.data.sft_dataset import SFTDataset, SFTSample
 from rollout.layout import MementoConfig
 
 
@@ -80,7 +80,6 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     from transformers import AutoTokenizer
 
     from rl import cluster
-    from rl.train import resolve_model_path
 
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +152,3 @@ def main(argv: list[str]) -> None:
     result = run_sft(from_dict(SFTConfig, parse_overrides(argv)))
     print(f"best checkpoint: {result.best_dir} (val loss {result.best_val_loss:.4f})")
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

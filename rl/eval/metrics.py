@@ -1,6 +1,6 @@
 """Accuracy metrics of an evaluation: pass@1 with its standard error, pass@k, maj@k.
 
-Pure functions over per-problem sample outcomes, shared by `rl.eval` (the command) and its tests
+Pure functions over per-problem sample outcomes, shared by `rl.eval.evaluate` (the command) and its tests
 (which check them against brute-force references over every k-subset).
 
     accuracy_metrics(correct=[[True, False, True], ...], answers=[["4", "5", "4"], ...], ks=[1, 2])

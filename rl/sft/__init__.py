@@ -1,0 +1,1 @@
+"""Two-stage memento SFT (`python -m rl.sft`): `train.py` runs one stage on the RL policy ranks."""
