@@ -16,14 +16,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections import defaultdict
 
 import torch
 
 from rl.algo_config import AlgoConfig
 from rl.batch import MicroBatch, MiniBatch, TrainMicroBatch
 from rl.config import ActorConfig, ModelConfig, OptimConfig
-from rl.losses import actor_loss, agg_loss
+from rl.losses import actor_loss, combine_micro_batches, reduce_metrics, sft_loss
 
 
 def lr_factor(optim: OptimConfig, step: int) -> float:
@@ -135,82 +134,82 @@ class PolicyWorker:
 
     # ------------------------------------------------------------------- update
 
-    def update(self, mini_batches: list[MiniBatch], temperature: float
-               ) -> tuple[dict[str, float], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+    def update(self, mini_batches: list[MiniBatch], temperature: float,
+               old_logprobs_from_forward: bool = False
+               ) -> tuple[dict[str, float], list[tuple[torch.Tensor, torch.Tensor]]]:
         """RL: one optimizer step per mini-batch with the configured policy loss.
 
-        A micro-batch sent without old_logprobs is on-policy (the whole update is one optimizer
-        step): the detached log-probs of this very forward serve as old log-probs, as verl's
-        actor does, saving the separate pass. Their (m, W) log-probs and entropy come back, per
-        such micro-batch in order, as compute_logprobs would return them.
+        old_logprobs_from_forward: the on-policy shortcut, for an update that is one optimizer
+        step (one mini-batch): the old log-probs are this very forward's, detached, as verl's
+        actor does, saving the separate pass; the micro-batches then carry none. Each
+        micro-batch's (m, W) log-probs and entropy from that forward come back in order, as
+        compute_logprobs would return them; otherwise the list is empty.
         """
-        scored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for mini in mini_batches:
+            for tmb in mini.micro_batches:
+                if (tmb.old_logprobs is None) != old_logprobs_from_forward:
+                    raise ValueError("update: micro-batches carry old_logprobs exactly when "
+                                     f"old_logprobs_from_forward is False (it is {old_logprobs_from_forward})")
+        if old_logprobs_from_forward and len(mini_batches) != 1:
+            raise ValueError(f"update: old_logprobs_from_forward needs one optimizer step, got {len(mini_batches)}")
 
         def loss_fn(tmb: TrainMicroBatch, logprobs, entropy, mini: MiniBatch):
             device = logprobs.device
-            if tmb.old_logprobs is None:
-                old = logprobs.detach()
-                scored[id(tmb)] = (old.cpu(), entropy.detach().cpu())
-            else:
-                old = tmb.old_logprobs.to(device)
+            old = logprobs.detach() if old_logprobs_from_forward else tmb.old_logprobs.to(device)
             return actor_loss(
                 self.algo, logprobs, old, tmb.advantages.to(device),
                 tmb.loss_mask.to(device), ref_logprobs=_to(tmb.ref_logprobs, device),
                 entropy=entropy, is_weights=_to(tmb.is_weights, device),
                 dp_size=self.world_size, batch_num_tokens=mini.num_loss_tokens,
-                global_batch_size=mini.num_loss_sequences)
+                global_batch_size=mini.num_loss_sequences,
+                group_num_tokens=_to(tmb.group_num_tokens, device), num_groups=mini.num_loss_groups)
 
-        on_policy = [tmb for mini in mini_batches for tmb in mini.micro_batches
-                     if tmb.old_logprobs is None]
-        metrics = self._train(mini_batches, temperature,
-                              self.algo.entropy_coeff != 0 or bool(on_policy), loss_fn)
-        # padding micro-batches and all-empty responses never reach the loss: no tokens to score
-        def unscored(tmb: TrainMicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-            empty = torch.zeros(tmb.loss_mask.shape[0], 0)
-            return empty, empty
-
-        return metrics, [scored.get(id(tmb)) or unscored(tmb) for tmb in on_policy]
+        return self._train(mini_batches, temperature,
+                           self.algo.entropy_coeff != 0 or old_logprobs_from_forward, loss_fn,
+                           keep_forward=old_logprobs_from_forward)
 
     def sft_update(self, mini_batches: list[MiniBatch]) -> dict[str, float]:
         """SFT: token-mean negative log-likelihood of the completion tokens."""
         def loss_fn(tmb: TrainMicroBatch, logprobs, entropy, mini: MiniBatch):
-            loss = agg_loss(-logprobs, tmb.loss_mask.to(logprobs.device), "token-mean",
-                            dp_size=self.world_size, batch_num_tokens=mini.num_loss_tokens)
-            return loss, {"sft_loss": loss.item()}
+            return sft_loss(logprobs, tmb.loss_mask.to(logprobs.device), dp_size=self.world_size,
+                            batch_num_tokens=mini.num_loss_tokens)
 
-        return self._train(mini_batches, 1.0, False, loss_fn)
+        return self._train(mini_batches, 1.0, False, loss_fn)[0]
 
     def _train(self, mini_batches: list[MiniBatch], temperature: float, with_entropy: bool,
-               loss_fn) -> dict[str, float]:
-        """Backward every micro-batch, one `step()` per mini-batch; metrics averaged over steps.
+               loss_fn, keep_forward: bool = False
+               ) -> tuple[dict[str, float], list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Backward every micro-batch, one `step()` per mini-batch.
 
-        Additive loss terms are summed over micro-batches (each is its share of the global
-        value); rates such as clip fractions are weighted by the micro-batch's token share.
+        Metrics combine as rl.losses.METRIC_AGGREGATION declares them, over micro-batches and
+        then steps. With keep_forward, each micro-batch's detached (m, W) log-probs and entropy
+        from its forward come back too, in order.
         """
         assert self.engine is not None, "training called on a frozen (reference) worker"
         self.model.train()
-        sums: dict[str, float] = defaultdict(float)
+        steps: list[dict[str, float]] = []
+        forward: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for mini in mini_batches:
-            step_metrics: dict[str, float] = defaultdict(float)
+            per_micro = []
             for tmb in mini.micro_batches:
                 logprobs, entropy = self._forward(tmb.packed, temperature, with_entropy)
-                if logprobs.numel() == 0:
+                if keep_forward:
+                    forward.append((logprobs.detach().cpu(),
+                                    entropy.detach().cpu() if entropy is not None else None))
+                if logprobs.numel() == 0:  # padding or all-empty responses: nothing carries loss
                     loss = logprobs.sum()  # zero, with a graph through the model
                 else:
                     loss, metrics = loss_fn(tmb, logprobs, entropy, mini)
-                    share = tmb.loss_mask.sum().item() / max(mini.num_loss_tokens, 1)
-                    for key, value in metrics.items():
-                        additive = key in ("pg_loss", "entropy", "kl_loss", "sft_loss")
-                        step_metrics[key] += value if additive else value * share * self.world_size
+                    per_micro.append((metrics, tmb.loss_mask.sum().item() / max(mini.num_loss_tokens, 1)))
                 self.engine.backward(loss, scale_wrt_gas=False)
             local_norm = self._local_grad_norm() if self.cfg.zero_stage == 0 else None
             self.engine.step()
-            step_metrics["grad_norm"] = local_norm if local_norm is not None else \
+            step = combine_micro_batches(per_micro, self.world_size)
+            step["grad_norm"] = local_norm if local_norm is not None else \
                 float(self.engine.get_global_grad_norm() or 0.0)
-            step_metrics["lr"] = self.engine.get_lr()[0]
-            for key, value in step_metrics.items():
-                sums[key] += value / len(mini_batches)
-        return dict(sums)
+            step["lr"] = self.engine.get_lr()[0]
+            steps.append(step)
+        return reduce_metrics(steps), forward
 
     def _local_grad_norm(self) -> float:
         """Stage 0 has no ZeRO optimizer to report a norm: this rank's norm before reduction."""

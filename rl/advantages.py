@@ -43,6 +43,27 @@ def group_stats(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tens
     return mean[inverse], std[inverse], counts[inverse]
 
 
+def batch_whiten(values: Tensor, loss_mask: Tensor) -> Tensor:
+    """Per-sequence scalars whitened with the token-weighted mean and unbiased std of the batch.
+
+    Each sequence's value counts once per loss token (verl's masked_whiten over the broadcast
+    (B, T) matrix), so this equals whitening that matrix; the variance has Bessel's correction
+    over the N loss tokens and 1e-8 inside the square root, as in verl.
+
+    Args:
+        values: (B,) one scalar per sequence.
+        loss_mask: (B, T) 1 on tokens that carry loss.
+
+    Returns:
+        (B,) (v_i - m) / sqrt(var + 1e-8); 0 everywhere when no token carries loss.
+    """
+    weights = loss_mask.to(values.dtype).sum(-1)  # (B,) loss tokens per sequence
+    total = weights.sum()
+    mean = (weights * values).sum() / total.clamp(min=1)
+    var = (weights * (values - mean).square()).sum() / (total - 1).clamp(min=1)
+    return torch.where(total > 0, (values - mean) / (var + 1e-8).sqrt(), 0.0)
+
+
 def compute_advantages(
     adv_estimator: AdvEstimator,
     rewards: Tensor,
@@ -61,14 +82,23 @@ def compute_advantages(
             A_i = r_i - mu.
         rloo (verl compute_rloo_outcome_advantage): A_i = r_i - mean of the other n - 1 rewards
             = n / (n - 1) (r_i - mu).
+        reinforce_plus_plus_baseline (verl compute_reinforce_plus_plus_baseline_outcome_advantage,
+            REINFORCE++-baseline arXiv 2501.03262; the MEMENTO paper's "batch-level advantage
+            normalization", A.2.3): c_i = r_i - mu, then whitened over the whole batch's loss
+            tokens as verl's masked_whiten does: A_i = (c_i - m) / sqrt(v + 1e-8) with
+            m = sum_i n_i c_i / N and v = sum_i n_i (c_i - m)^2 / (N - 1), n_i the loss tokens of
+            sequence i and N their total. So the scale is the batch's std, not the group's, and
+            longer responses weigh more in m and v (token-level statistics, as in verl). A batch
+            with fewer than two loss tokens gets v = 0 (verl raises).
     Groups of one have no baseline: as verl's loop implementations, grpo uses mu = 0, sigma = 1
-    (A = r / (1 + eps)), dr_grpo A = r, rloo A = r (verl's rloo_vectorized gives 0 instead).
+    (A = r / (1 + eps)), dr_grpo A = r, rloo A = r (verl's rloo_vectorized gives 0 instead),
+    reinforce_plus_plus_baseline c = r.
     All-equal rewards give A = 0 (sigma = 0, so the numerator is 0 and eps keeps it finite).
     A sequence with no loss tokens still counts in its group's statistics (as in verl) and gets
     advantage 0 everywhere.
 
     Args:
-        adv_estimator: "grpo", "dr_grpo" or "rloo".
+        adv_estimator: "grpo", "dr_grpo", "rloo" or "reinforce_plus_plus_baseline".
         rewards: (B,) one scalar reward per sequence (already shaped: overlong, KL in reward).
         group_ids: (B,) integer id of the prompt each sequence answers.
         loss_mask: (B, T) 1 on tokens that carry loss (verl's response_mask; prompt and
@@ -91,6 +121,8 @@ def compute_advantages(
     elif adv_estimator == "rloo":
         n = count.to(rewards.dtype)
         scalar = torch.where(single, rewards, n / (n - 1).clamp(min=1) * (rewards - mean))
+    elif adv_estimator == "reinforce_plus_plus_baseline":
+        scalar = batch_whiten(rewards - torch.where(single, 0.0, mean), loss_mask)
     else:
         raise ValueError(f"adv_estimator must be one of {list(get_args(AdvEstimator))}, got {adv_estimator!r}")
 

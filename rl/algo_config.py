@@ -15,12 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-AdvEstimator = Literal["grpo", "dr_grpo", "rloo"]
+AdvEstimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"]
 # verl calls "ppo" "vanilla" (actor.policy_loss.loss_mode).
 PolicyLossMode = Literal["ppo", "cispo", "gspo"]
-LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+LossAggMode = Literal[
+    "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "group-mean-token-mean"
+]
 # verl kl_penalty names: k1 == kl, k2 == mse, k3 == low_var_kl.
 KLType = Literal["k1", "kl", "k2", "mse", "k3", "low_var_kl"]
+# verl algorithm.rollout_correction.rollout_rs: which ratio a rejection band applies to.
+RolloutRS = Literal["token", "sequence", "geometric"]
 
 _CHOICES: dict[str, Any] = {
     "adv_estimator": AdvEstimator,
@@ -68,14 +72,17 @@ class AlgoConfig:
 
     Fields (verl path in brackets where it differs from `algorithm.<name>`):
         adv_estimator: "grpo" (group mean and std), "dr_grpo" (group mean only), "rloo"
-            (leave-one-out mean). verl spells dr_grpo as grpo + norm_adv_by_std_in_grpo=False.
+            (leave-one-out mean), "reinforce_plus_plus_baseline" (group mean, then whitened by
+            the batch's std: the MEMENTO paper's "batch-level advantage normalization"). verl
+            spells dr_grpo as grpo + norm_adv_by_std_in_grpo=False.
         norm_adv_by_std_in_grpo: divide by the group std; only read by "grpo".
         loss_mode: "ppo" (clip + dual clip), "cispo", "gspo" [actor.policy_loss.loss_mode;
             verl's "vanilla" is our "ppo"].
         clip_ratio_low, clip_ratio_high: ratio clip band [1 - low, 1 + high]; DAPO clip-higher
             uses high 0.28 [actor.*]. For cispo the band clips the importance weight.
         clip_ratio_c: dual-clip bound for negative advantages, > 1 [actor.clip_ratio_c].
-        loss_agg_mode: how the token loss matrix becomes a scalar [actor.loss_agg_mode].
+        loss_agg_mode: how the token loss matrix becomes a scalar [actor.loss_agg_mode];
+            "group-mean-token-mean" (not in verl) is the paper's "group-total loss normalization".
         loss_scale_factor: the constant divisor of "seq-mean-token-sum-norm" (Dr.GRPO uses the
             max response length); required for that mode [actor.loss_scale_factor].
         entropy_coeff: weight of the entropy bonus (loss -= coeff * entropy) [actor.entropy_coeff].
@@ -84,6 +91,11 @@ class AlgoConfig:
             [algorithm.kl_ctrl.kl_coef; fixed controller only].
         tis_imp_ratio_cap: truncated importance sampling between rollout and actor log-probs:
             token weight min(exp(old - rollout), cap); None disables it (verl used -1).
+        rollout_rs, rollout_rs_threshold, rollout_rs_threshold_lower: masked importance sampling
+            [algorithm.rollout_correction.*]: tokens ("token"), or whole sequences by the product
+            ("sequence") or geometric mean ("geometric") of their ratios exp(old - rollout), whose
+            ratio leaves [lower, upper] are dropped from the loss; lower defaults to 1 / upper.
+            None disables it.
         filter_groups: DAPO dynamic sampling.
         overlong_buffer: DAPO soft overlong punishment.
         overlong_filter: DAPO overlong filtering: responses cut at the max length carry no loss
@@ -106,6 +118,9 @@ class AlgoConfig:
     kl_penalty: KLType = "kl"
     kl_coef: float = 0.001
     tis_imp_ratio_cap: float | None = None
+    rollout_rs: RolloutRS | None = None
+    rollout_rs_threshold: float | None = None
+    rollout_rs_threshold_lower: float | None = None
     filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
     overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
     overlong_filter: bool = False
@@ -138,3 +153,23 @@ class AlgoConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.tis_imp_ratio_cap is not None and self.tis_imp_ratio_cap <= 0:
             raise ValueError(f"tis_imp_ratio_cap must be > 0 or null (disabled), got {self.tis_imp_ratio_cap}")
+        self._check_rollout_rejection()
+
+    def _check_rollout_rejection(self) -> None:
+        upper, lower = self.rollout_rs_threshold, self.rollout_rs_threshold_lower
+        if self.rollout_rs is None:
+            if upper is not None or lower is not None:
+                raise ValueError("rollout_rs_threshold(_lower) is set but rollout_rs is null; "
+                                 f"set rollout_rs to one of {list(get_args(RolloutRS))}")
+            return
+        if self.rollout_rs not in get_args(RolloutRS):
+            raise ValueError(f"rollout_rs must be one of {list(get_args(RolloutRS))} or null, got {self.rollout_rs!r}")
+        if upper is None or upper <= 0:
+            raise ValueError(f"rollout_rs_threshold must be > 0 when rollout_rs is set, got {upper}")
+        if lower is not None and not 0 <= lower <= upper:
+            raise ValueError(f"rollout_rs_threshold_lower must be in [0, rollout_rs_threshold={upper}], got {lower}")
+
+    @property
+    def corrects_rollout(self) -> bool:
+        """Whether the update needs the old log-probs against the sampler's before it starts."""
+        return self.tis_imp_ratio_cap is not None or self.rollout_rs is not None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kernels import IGNORE_INDEX
+from rl.losses import group_normalisers
 from rollout.layout import MementoConfig, evict_at as layout_evict_at
 
 
@@ -219,6 +220,7 @@ class TrainMicroBatch:
     advantages: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None
+    group_num_tokens: torch.Tensor | None = None  # (m,) loss tokens of each member's group
 
 
 @dataclass
@@ -228,6 +230,7 @@ class MiniBatch:
     micro_batches: list[TrainMicroBatch]
     num_loss_tokens: int  # over the whole mini-batch, all ranks
     num_loss_sequences: int
+    num_loss_groups: int = 0
 
 
 def make_mini_batches(batch: RolloutBatch, steps: list[np.ndarray], max_tokens: int,
@@ -239,15 +242,17 @@ def make_mini_batches(batch: RolloutBatch, steps: list[np.ndarray], max_tokens: 
         mini = batch.select(rows)
         mask = mini.loss_mask
         weights = None if is_weights is None else is_weights[torch.as_tensor(rows, dtype=torch.long)]
+        group_tokens, num_groups = group_normalisers(mask, torch.as_tensor(mini.group_ids))
         for rank, mbs in enumerate(make_micro_batches(mini, max_tokens, num_ranks)):
             per_rank[rank].append(MiniBatch(
-                micro_batches=[_train_micro_batch(mb, mini, weights) for mb in mbs],
+                micro_batches=[_train_micro_batch(mb, mini, weights, group_tokens) for mb in mbs],
                 num_loss_tokens=int(mask.sum().item()),
-                num_loss_sequences=int((mask.sum(-1) > 0).sum().item())))
+                num_loss_sequences=int((mask.sum(-1) > 0).sum().item()),
+                num_loss_groups=num_groups))
     return per_rank
 
 
-def _train_micro_batch(mb: MicroBatch, mini: RolloutBatch, is_weights) -> TrainMicroBatch:
+def _train_micro_batch(mb: MicroBatch, mini: RolloutBatch, is_weights, group_tokens) -> TrainMicroBatch:
     idx = torch.as_tensor(mb.indices, dtype=torch.long)
     width = max(mb.response_lengths, default=0)
 
@@ -256,4 +261,5 @@ def _train_micro_batch(mb: MicroBatch, mini: RolloutBatch, is_weights) -> TrainM
 
     return TrainMicroBatch(packed=mb, loss_mask=take(mini.loss_mask),
                            old_logprobs=take(mini.old_logprobs), advantages=take(mini.advantages),
-                           ref_logprobs=take(mini.ref_logprobs), is_weights=take(is_weights))
+                           ref_logprobs=take(mini.ref_logprobs), is_weights=take(is_weights),
+                           group_num_tokens=group_tokens[idx])

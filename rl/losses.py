@@ -12,15 +12,73 @@ and says where we differ. `actor_loss` is the one entry point the actor calls pe
 
 from __future__ import annotations
 
-from typing import get_args
+import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from rl.algo_config import AlgoConfig, KLType, LossAggMode, PolicyLossMode
+from rl.algo_config import AlgoConfig, KLType, LossAggMode, PolicyLossMode, RolloutRS
 
 # verl clamps log-ratios before exp() so a single wild token cannot overflow.
 _LOG_RATIO_CLAMP = 20.0
+
+# How each metric the update reports combines over micro-batches, optimizer steps and
+# data-parallel ranks. Every metric a loss here (or the actor's step) emits must be listed:
+#   share:      the micro-batch's share of a global value (agg_loss normalises by global counts):
+#               summed over micro-batches, averaged over steps and ranks (a rank with no token
+#               counts as 0, its share).
+#   token_mean: a rate over this micro-batch's loss tokens: weighted by its share of the
+#               mini-batch's tokens (times the rank count, so the mean over ranks is the
+#               mini-batch's token mean), averaged over steps and ranks.
+#   max:        the largest value anywhere.
+#   step:       one value per optimizer step (set once per step): averaged over steps and ranks.
+MetricAggregation = Literal["share", "token_mean", "max", "step"]
+METRIC_AGGREGATION: dict[str, MetricAggregation] = {
+    "pg_loss": "share",
+    "entropy": "share",
+    "kl_loss": "share",
+    "sft_loss": "share",
+    "pg_clipfrac": "token_mean",
+    "pg_clipfrac_lower": "token_mean",
+    "ppo_kl": "token_mean",
+    "ppo_ratio_max": "max",
+    "grad_norm": "step",
+    "lr": "step",
+}
+
+
+def metric_aggregation(key: str) -> MetricAggregation:
+    """The declared aggregation of a metric; a clear error for an undeclared one."""
+    if key not in METRIC_AGGREGATION:
+        raise KeyError(f"metric {key!r} has no declared aggregation: add it to rl.losses.METRIC_AGGREGATION")
+    return METRIC_AGGREGATION[key]
+
+
+def combine_micro_batches(per_micro: list[tuple[dict[str, float], float]], world_size: int) -> dict[str, float]:
+    """One optimizer step's metrics on one rank from its micro-batches' (metrics, token share).
+
+    token share = the micro-batch's loss tokens / the whole mini-batch's (all ranks).
+    """
+    out: dict[str, float] = {}
+    for metrics, share in per_micro:
+        for key, value in metrics.items():
+            how = metric_aggregation(key)
+            if how == "max":
+                out[key] = max(out.get(key, -math.inf), value)
+            elif how == "token_mean":
+                out[key] = out.get(key, 0.0) + value * share * world_size
+            else:  # share; a step metric is set once per step, so the sum is that value
+                out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Combine per-step (or per-rank) metric dicts: the max for max metrics, else the mean over
+    all parts, a part missing a key counting as 0 (a rank or step with no loss tokens)."""
+    keys = dict.fromkeys(key for part in parts for key in part)
+    return {key: max(part[key] for part in parts if key in part) if metric_aggregation(key) == "max"
+            else sum(part.get(key, 0.0) for part in parts) / len(parts) for key in keys}
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -48,22 +106,35 @@ def agg_loss(
     batch_num_tokens: Tensor | float | None = None,
     global_batch_size: Tensor | float | None = None,
     loss_scale_factor: float | None = None,
+    group_num_tokens: Tensor | None = None,
+    num_groups: Tensor | float | None = None,
 ) -> Tensor:
     """Aggregate a per-token loss matrix into a scalar (verl `agg_loss`, Aug-2026 semantics).
 
-    Modes (n_i = loss tokens of sequence i, S = sequences with n_i > 0):
+    Modes (n_i = loss tokens of sequence i, S = sequences with n_i > 0; g(i) = the group (prompt)
+    of sequence i, N_g = sum of n_i over group g, G = groups with N_g > 0):
         token-mean:              sum_{i,t} l_it / N,                        N = sum_i n_i
         seq-mean-token-mean:     sum_{i in S} (sum_t l_it / n_i) / |S|      (original GRPO)
         seq-mean-token-sum:      sum_i sum_t l_it / |S|
         seq-mean-token-sum-norm: sum_i sum_t l_it / |S| / loss_scale_factor (Dr.GRPO; verl before
                                  2026 omitted the / |S|)
+        group-mean-token-mean:   sum_g (sum_{i in g, t} l_it / N_g) / |G|   (not in verl)
+
+    group-mean-token-mean is how we read the MEMENTO paper's "group-total loss normalization"
+    (arXiv 2604.09852, A.2.3), which it names but does not define: each group's summed token loss
+    is divided by that group's total loss-token count (a token mean within the group, so long and
+    short responses to one prompt weigh by their tokens, as in token-mean), and groups are then
+    averaged, so every prompt weighs the same whatever its responses' total length (as
+    seq-mean-token-mean does for sequences). It is token-mean when all groups have equal totals.
 
     Sharding. With the defaults N and |S| are counted in this call, which is right for one
     micro-batch on one rank. To make a mini-batch split into micro-batches (gradient accumulation)
     and data-parallel ranks equal the global mean, pass the global counts over the whole
     mini-batch and all ranks (`batch_num_tokens` = N, `global_batch_size` = |S|, the number of
     sequences with at least one loss token; verl passes the mini-batch size, which differs only
-    when some sequence has no loss token) and `dp_size`. The result is multiplied by dp_size
+    when some sequence has no loss token; `group_num_tokens` = N_g(i) per row and `num_groups` =
+    |G|, from `group_normalisers` over the whole mini-batch) and `dp_size`. A group may then be
+    split across micro-batches and ranks. The result is multiplied by dp_size
     because DDP/ZeRO average gradients over ranks. Then call backward on each micro-batch loss
     as is (sum over micro-batches, never divide by their number: with DeepSpeed use
     `engine.backward(loss, scale_wrt_gas=False)` or gradient_accumulation_steps=1); the summed
@@ -78,6 +149,8 @@ def agg_loss(
         global_batch_size: global |S| for the seq-mean modes.
         loss_scale_factor: divisor of seq-mean-token-sum-norm; None means T (verl's fallback,
             which depends on padding; AlgoConfig requires a constant).
+        group_num_tokens: (B,) N_g(i) of each row's group; required by group-mean-token-mean.
+        num_groups: |G|; required by group-mean-token-mean.
 
     Returns:
         () scalar loss; 0 (not NaN) when nothing carries loss.
@@ -92,6 +165,13 @@ def agg_loss(
     if loss_agg_mode not in get_args(LossAggMode):
         raise ValueError(f"loss_agg_mode must be one of {list(get_args(LossAggMode))}, got {loss_agg_mode!r}")
 
+    if loss_agg_mode == "group-mean-token-mean":
+        if group_num_tokens is None or num_groups is None:
+            raise ValueError("agg_loss: group-mean-token-mean needs group_num_tokens and num_groups "
+                             "(rl.losses.group_normalisers over the whole mini-batch)")
+        row_loss = masked_sum(loss_mat, mask, dim=-1) / group_num_tokens.to(loss_mat.dtype).clamp(min=1)
+        return row_loss.sum() / _clamp_count(num_groups) * dp_size
+
     tokens_per_seq = mask.sum(-1)  # (B,)
     if loss_agg_mode == "seq-mean-token-mean":
         seq_loss = masked_sum(loss_mat, mask, dim=-1) / tokens_per_seq.clamp(min=1)  # (B,)
@@ -105,6 +185,24 @@ def agg_loss(
     if loss_agg_mode == "seq-mean-token-sum-norm":
         loss = loss / (loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1])
     return loss
+
+
+def group_normalisers(loss_mask: Tensor, group_ids: Tensor) -> tuple[Tensor, int]:
+    """The counts group-mean-token-mean divides by, over the rows given (a whole mini-batch).
+
+    Args:
+        loss_mask: (B, T) 1 where the token carries loss.
+        group_ids: (B,) integer group (prompt) id of each row, in any order.
+
+    Returns:
+        group_num_tokens: (B,) long, N_g(i): the loss tokens of all rows in row i's group.
+        num_groups: |G|, the groups with at least one loss token.
+    """
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # (B,) group index of each row
+    tokens = loss_mask.bool().sum(-1)  # (B,)
+    per_group = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=tokens.dtype)
+    per_group.index_add_(0, inverse, tokens)
+    return per_group[inverse], int((per_group > 0).sum())
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: KLType) -> Tensor:
@@ -174,7 +272,8 @@ def policy_loss(
         loss_mat: (B, T) per-token loss, 0 where loss_mask is 0.
         metrics: pg_clipfrac (tokens where clipping changed the loss / weight), pg_clipfrac_lower
             (tokens where the dual clip bound is active; 0 for cispo and gspo as in verl) and
-            ppo_kl (mean old - logp), all over loss tokens of this call.
+            ppo_kl (mean old - logp), all over loss tokens of this call; ppo_ratio_max, the
+            largest token ratio exp(logp - old) (1 when no token carries loss).
     """
     mask = loss_mask.bool()
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
@@ -213,6 +312,7 @@ def policy_loss(
         "pg_clipfrac": clipfrac.item(),
         "pg_clipfrac_lower": clipfrac_lower.item(),
         "ppo_kl": masked_mean(-log_ratio, mask).item(),
+        "ppo_ratio_max": log_ratio[mask].max().clamp(max=_LOG_RATIO_CLAMP).exp().item() if mask.any() else 1.0,
     }
     return torch.where(mask, loss_mat, zero), metrics
 
@@ -230,13 +330,16 @@ def actor_loss(
     dp_size: int = 1,
     batch_num_tokens: Tensor | float | None = None,
     global_batch_size: Tensor | float | None = None,
+    group_num_tokens: Tensor | None = None,
+    num_groups: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The scalar the actor backpropagates for one micro-batch (verl workers/utils/losses.ppo_loss).
 
         loss = agg(pg_loss * is_weights) - entropy_coeff * agg(entropy) + kl_loss_coef * agg(kl)
 
     All three terms use cfg.loss_agg_mode and the same global counts (see agg_loss for how to
-    set dp_size / batch_num_tokens / global_batch_size so micro-batches sum to the global mean).
+    set dp_size / batch_num_tokens / global_batch_size / group_num_tokens / num_groups so
+    micro-batches sum to the global mean).
     The TIS weights multiply only the policy-gradient term, as in verl.
 
     Args:
@@ -248,12 +351,13 @@ def actor_loss(
         ref_logprobs: (B, T) reference log-probs; required when cfg.use_kl_loss.
         entropy: (B, T) per-token policy entropy (grad); required when cfg.entropy_coeff != 0.
         is_weights: (B, T) detached truncated-IS weights from rollout_mismatch, or None.
-        dp_size, batch_num_tokens, global_batch_size: global normalisers for agg_loss.
+        dp_size, batch_num_tokens, global_batch_size, group_num_tokens, num_groups: global
+            normalisers for agg_loss.
 
     Returns:
         loss: () scalar to backpropagate.
-        metrics: pg_loss, entropy, kl_loss (this micro-batch's share of the global value: sum
-            them over micro-batches, average over ranks) and the policy_loss metrics.
+        metrics: pg_loss, entropy, kl_loss (this micro-batch's share of the global value) and
+            the policy_loss metrics; METRIC_AGGREGATION says how each combines.
     """
     if cfg.use_kl_loss and ref_logprobs is None:
         raise ValueError("actor_loss: ref_logprobs is required when use_kl_loss is set")
@@ -269,6 +373,8 @@ def actor_loss(
             batch_num_tokens=batch_num_tokens,
             global_batch_size=global_batch_size,
             loss_scale_factor=cfg.loss_scale_factor,
+            group_num_tokens=group_num_tokens,
+            num_groups=num_groups,
         )
 
     pg_mat, metrics = policy_loss(
@@ -298,6 +404,22 @@ def actor_loss(
         metrics["kl_loss"] = kl_agg.item()
         loss = loss + cfg.kl_loss_coef * kl_agg
     return loss, metrics
+
+
+def sft_loss(logprobs: Tensor, loss_mask: Tensor, *, dp_size: int = 1,
+             batch_num_tokens: Tensor | float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Token-mean negative log-likelihood of the completion tokens (SFT), with its metric.
+
+    Args:
+        logprobs: (B, T) log-probs of the target tokens (grad).
+        loss_mask: (B, T) 1 on completion tokens.
+        dp_size, batch_num_tokens: global normalisers, as for agg_loss's token-mean.
+
+    Returns:
+        loss: () scalar; metrics: sft_loss, this micro-batch's share of the global value.
+    """
+    loss = agg_loss(-logprobs, loss_mask, "token-mean", dp_size=dp_size, batch_num_tokens=batch_num_tokens)
+    return loss, {"sft_loss": loss.item()}
 
 
 def rollout_mismatch(
@@ -349,3 +471,67 @@ def rollout_mismatch(
             return None, metrics
         metrics["mismatch/tis_capped_frac"] = masked_mean((ratio > tis_imp_ratio_cap).float(), mask).item()
         return ratio.clamp(max=tis_imp_ratio_cap), metrics
+
+
+def rollout_rejection_mask(
+    old_logprobs: Tensor,
+    rollout_logprobs: Tensor,
+    loss_mask: Tensor,
+    rollout_rs: RolloutRS,
+    threshold: float,
+    threshold_lower: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Masked importance sampling: which loss tokens survive a band on the trainer/sampler ratio.
+
+    With log r_t = old_t - rollout_t over the loss tokens of a sequence (n of them), the statistic
+    compared with [lower, upper] is
+        token:     r_t per token                      (verl rollout_rs="token"; OpenRLHF icepop)
+        sequence:  prod_t r_t = exp(sum_t log r_t)    (verl "sequence"; SkyRL product mask)
+        geometric: exp(sum_t log r_t / n)             (verl "geometric"; OpenRLHF seq-mask-tis,
+                                                       SkyRL geo_mask)
+    and a token (token) or a whole sequence (the other two) outside the band leaves the loss.
+    Comparisons are made in log space, so no ratio overflows (verl clamps the log at +-20).
+    The caller removes rejected tokens from the loss mask, as verl and SkyRL do, so they count
+    in no normaliser either; OpenRLHF instead zeroes their weight and keeps them in the token-mean
+    denominator. Under a memento layout `old_logprobs` must be scored under that layout (the
+    trainer's are), or the band would reject the attention mismatch the layout removes.
+
+    Args:
+        old_logprobs: (B, T) actor log-probs of the sampled tokens under the layout.
+        rollout_logprobs: (B, T) the sampler's log-probs of the same tokens.
+        loss_mask: (B, T) 1 where the token carries loss.
+        rollout_rs: "token", "sequence" or "geometric".
+        threshold: the upper bound (> 0).
+        threshold_lower: the lower bound; None means 1 / threshold (verl's default).
+
+    Returns:
+        keep: (B, T) bool, loss tokens that stay (False wherever loss_mask is 0).
+        metrics: mismatch/rs_masked_frac (loss tokens rejected), mismatch/rs_seq_masked_frac
+            (sequences with a loss token that lost at least one), mismatch/rs_high_frac and
+            mismatch/rs_low_frac (loss tokens whose statistic is above / below the band).
+    """
+    lower = 1.0 / threshold if threshold_lower is None else threshold_lower
+    mask = loss_mask.bool()
+    with torch.no_grad():
+        log_ratio = torch.where(mask, old_logprobs - rollout_logprobs, torch.zeros((), dtype=old_logprobs.dtype))
+        if rollout_rs == "token":
+            stat = log_ratio
+        elif rollout_rs == "sequence":
+            stat = log_ratio.sum(-1, keepdim=True)
+        elif rollout_rs == "geometric":
+            stat = log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+        else:
+            raise ValueError(f"rollout_rs must be one of {list(get_args(RolloutRS))}, got {rollout_rs!r}")
+        stat = stat.expand_as(log_ratio)
+        high = stat > math.log(threshold)
+        low = stat < (math.log(lower) if lower > 0 else -math.inf)
+        keep = mask & ~high & ~low
+        has_tokens = mask.any(-1)
+        lost_some = (mask & ~keep).any(-1)
+        metrics = {
+            "mismatch/rs_masked_frac": masked_mean((~keep).float(), mask).item(),
+            "mismatch/rs_seq_masked_frac": lost_some.float().sum().item() / max(int(has_tokens.sum()), 1),
+            "mismatch/rs_high_frac": masked_mean(high.float(), mask).item(),
+            "mismatch/rs_low_frac": masked_mean(low.float(), mask).item(),
+        }
+    return keep, metrics

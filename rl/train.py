@@ -32,7 +32,7 @@ from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches, pad_ri
 from rl.checkpoint import CheckpointManager, read_json, resolve_model_path, write_json
 from rl.config import Config, load_config
 from rl.data.prompts import PromptLoader, load_prompts
-from rl.losses import rollout_mismatch
+from rl.losses import reduce_metrics, rollout_mismatch, rollout_rejection_mask
 from rl.tracking import Tracker, timed
 from rollout.layout import MementoConfig, kv_stats, memento_stats
 
@@ -103,10 +103,14 @@ class Trainer:
                 if cfg.algorithm.overlong_filter:  # DAPO: truncated responses carry no loss
                     cut = torch.tensor([f == "length" for f in batch.finish_reasons])
                     batch.response_mask[cut] = 0.0
-            # 3. old-policy and reference log-probs under that layout
-            if not self.old_logprobs_from_update():
+            # 3. old-policy and reference log-probs under that layout (on the on-policy shortcut
+            # the update's own forward gives the old ones); the old against the sampler's
+            old_logprobs_from_update = self.old_logprobs_from_update()
+            is_weights, correction_metrics = None, {}
+            if not old_logprobs_from_update:
                 with timed("old_logprob", timing):
                     batch.old_logprobs, entropy = self.logprobs(self.actor, batch, with_entropy=True)
+                is_weights, correction_metrics = self.correct_rollout(batch)
             if self.ref is not None:
                 with timed("ref_logprob", timing):
                     batch.ref_logprobs, _ = self.logprobs(self.ref, batch)
@@ -115,7 +119,8 @@ class Trainer:
                 adv_metrics = self.compute_advantages(batch)
             # 5. update the actor
             with timed("update_actor", timing):
-                actor_metrics, update_entropy = self.update_actor(batch)
+                actor_metrics, update_entropy = self.update_actor(batch, is_weights,
+                                                                  old_logprobs_from_update)
             if update_entropy is not None:
                 entropy = update_entropy
             # 6. new weights to the rollout engines (overlapped: at the next step's start)
@@ -123,7 +128,7 @@ class Trainer:
                 with timed("sync_weights", timing):
                     self.sync_weights()
         self.step_count += 1
-        metrics = {**gen_metrics, **adv_metrics, **actor_metrics, **timing,
+        metrics = {**gen_metrics, **correction_metrics, **adv_metrics, **actor_metrics, **timing,
                    **self.batch_metrics(batch, entropy)}
         tokens = sum(len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids))
         metrics["perf/tokens_per_second"] = tokens / timing["time/step"]
@@ -254,20 +259,32 @@ class Trainer:
     def old_logprobs_from_update(self) -> bool:
         """The on-policy shortcut (verl's actor takes it too): when the whole update is one
         optimizer step, the old policy is the current one, so the update's own forward gives the
-        old log-probs and the separate pass is skipped; unless the reward's KL term or TIS needs
-        them before the update."""
+        old log-probs and the separate pass is skipped; unless the reward's KL term or a rollout
+        correction (TIS, masked IS) needs them before the update."""
         actor, algo = self.cfg.actor_rollout_ref.actor, self.cfg.algorithm
         return (actor.ppo_epochs == 1 and actor.ppo_mini_batch_size == self.cfg.data.train_batch_size
-                and not algo.use_kl_in_reward and algo.tis_imp_ratio_cap is None)
+                and not algo.use_kl_in_reward and not algo.corrects_rollout)
 
-    def update_actor(self, batch: RolloutBatch) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Metrics, and (on the on-policy shortcut, batch.old_logprobs unset) the entropy of the
-        update's forward; the shortcut fills batch.old_logprobs from that forward."""
+    def correct_rollout(self, batch: RolloutBatch) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """The old log-probs (scored under the layout) against the sampler's: mismatch metrics,
+        TIS weights, and masked importance sampling, whose rejected tokens leave the loss mask
+        here, before the advantages read it (verl's order)."""
+        algo = self.cfg.algorithm
+        is_weights, metrics = rollout_mismatch(batch.old_logprobs, batch.sampler_logprobs,
+                                               batch.loss_mask, algo.tis_imp_ratio_cap)
+        if algo.rollout_rs is not None:
+            keep, rs_metrics = rollout_rejection_mask(
+                batch.old_logprobs, batch.sampler_logprobs, batch.loss_mask, algo.rollout_rs,
+                algo.rollout_rs_threshold, algo.rollout_rs_threshold_lower)
+            batch.response_mask = torch.where(batch.loss_mask.bool() & ~keep, 0.0, batch.response_mask)
+            metrics.update(rs_metrics)
+        return is_weights, metrics
+
+    def update_actor(self, batch: RolloutBatch, is_weights: torch.Tensor | None,
+                     old_logprobs_from_update: bool) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics, and with old_logprobs_from_update (the on-policy shortcut) the entropy of the
+        update's forward, whose log-probs then fill batch.old_logprobs."""
         cfg = self.cfg.actor_rollout_ref
-        on_policy = batch.old_logprobs is None
-        is_weights, metrics = (None, {}) if on_policy else rollout_mismatch(
-            batch.old_logprobs, batch.sampler_logprobs, batch.loss_mask,
-            self.cfg.algorithm.tis_imp_ratio_cap)
         groups = np.unique(batch.group_ids)
         steps = [np.flatnonzero(np.isin(batch.group_ids, chunk))
                  for chunk in np.array_split(groups, len(groups) // cfg.actor.ppo_mini_batch_size)]
@@ -275,12 +292,13 @@ class Trainer:
                                      len(self.actor), is_weights)
         if self.cfg.trainer.colocate:
             self.rollout.call("sleep")
-        per_rank_args = [(minis * cfg.actor.ppo_epochs, cfg.rollout.temperature) for minis in per_rank]
+        per_rank_args = [(minis * cfg.actor.ppo_epochs, cfg.rollout.temperature, old_logprobs_from_update)
+                         for minis in per_rank]
         results = self.actor.call_each("update", per_rank_args)
-        for key in results[0][0]:
-            metrics[f"actor/{key}"] = float(np.mean([rank_metrics[key] for rank_metrics, _ in results]))
+        metrics = {f"actor/{key}": value
+                   for key, value in reduce_metrics([rank_metrics for rank_metrics, _ in results]).items()}
         entropy = None
-        if on_policy:  # one mini-batch (rows in batch order), one epoch
+        if old_logprobs_from_update:  # one mini-batch (rows in batch order), one epoch
             micro = [tmb.packed for minis in per_rank for tmb in minis[0].micro_batches]
             batch.old_logprobs, entropy = scatter_responses(
                 batch, micro, [out for _, outs in results for out in outs], with_entropy=True)

@@ -7,6 +7,7 @@ import torch
 from rl.algo_config import AlgoConfig
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
 from rl.config import ActorConfig, ModelConfig, OptimConfig
+from rl.losses import rollout_rejection_mask
 from rollout.layout import MementoConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -18,11 +19,11 @@ def layout(tiny_model_dir):
     return MementoConfig.from_tokenizer(AutoTokenizer.from_pretrained(tiny_model_dir))
 
 
-def make_worker(path, trainable=True, port=29611, lr=1e-2, zero_stage=0):
+def make_worker(path, trainable=True, port=29611, lr=1e-2, zero_stage=0, algo=None):
     from rl.actor import PolicyWorker
     cfg = ActorConfig(zero_stage=zero_stage, ppo_max_token_len_per_gpu=256, optim=OptimConfig(lr=lr))
-    return PolicyWorker(str(path), ModelConfig(path=str(path)), cfg, AlgoConfig(), trainable=trainable,
-                        master_port=port)
+    return PolicyWorker(str(path), ModelConfig(path=str(path)), cfg, algo or AlgoConfig(),
+                        trainable=trainable, master_port=port)
 
 
 def scripted_batch(layout):
@@ -61,7 +62,16 @@ def test_logprobs_equal_a_dense_masked_forward(tiny_model_dir, layout):
     # and the memento layout really matters: causal attention scores differently
     causal = scripted_batch(layout)
     causal.compute_layout(None)
-    assert (response_logprobs(worker, causal)[0] - got[0]).abs().max() > 1e-3
+    causal_logprobs = response_logprobs(worker, causal)
+    assert (causal_logprobs[0] - got[0]).abs().max() > 1e-3
+    # so the rollout correction must take the ratio under the layout: against a memento engine's
+    # log-probs (here the same numbers) a tight band keeps every token, causal scores lose some
+    sampler = got.clone()
+    keep, _ = rollout_rejection_mask(got, sampler, batch.loss_mask, "token", 1.0001)
+    assert torch.equal(keep, batch.loss_mask.bool())
+    keep, metrics = rollout_rejection_mask(causal_logprobs, sampler, batch.loss_mask, "token", 1.0001)
+    assert metrics["mismatch/rs_masked_frac"] > 0
+    assert torch.equal(keep[1], batch.loss_mask[1].bool())  # row 1 has no block: no mismatch
 
 
 def rl_step_inputs(batch, advantages):
@@ -99,9 +109,9 @@ def test_rl_update_moves_logprobs_with_the_advantage_and_resumes_exactly(tiny_mo
 
 
 def test_on_policy_update_scores_its_own_forward_as_the_old_policy(tiny_model_dir, layout):
-    """Without old_logprobs (the trainer's one-step shortcut) the update equals one given the
-    separately computed old log-probs, and returns those log-probs and the entropy; across
-    several micro-batches and with an empty response."""
+    """With old_logprobs_from_forward (the trainer's one-step shortcut) the update equals one
+    given the separately computed old log-probs, and returns those log-probs and the entropy;
+    across several micro-batches and with an empty response."""
     from rl.train import scatter_responses
     bs, be, ss, se = layout.block_start, layout.block_end, layout.summary_start, layout.summary_end
     batch = RolloutBatch.from_sequences(
@@ -115,10 +125,17 @@ def test_on_policy_update_scores_its_own_forward_as_the_old_policy(tiny_model_di
     batch.old_logprobs = before
     (minis,) = make_mini_batches(batch, [np.arange(len(batch))], 16, 1)
     assert len(minis[0].micro_batches) >= 2
-    want, _ = given.update(minis, 1.0)
+    with pytest.raises(ValueError, match="old_logprobs_from_forward"):
+        given.update(minis, 1.0, old_logprobs_from_forward=True)  # they carry old log-probs
+    want, none = given.update(minis, 1.0)
+    assert none == []
     batch.old_logprobs = None
     (minis,) = make_mini_batches(batch, [np.arange(len(batch))], 16, 1)
-    got, scored = shortcut.update(minis, 1.0)
+    with pytest.raises(ValueError, match="old_logprobs_from_forward"):
+        shortcut.update(minis, 1.0)  # no old log-probs and no flag: refused, not guessed
+    with pytest.raises(ValueError, match="one optimizer step"):
+        shortcut.update(minis * 2, 1.0, old_logprobs_from_forward=True)
+    got, scored = shortcut.update(minis, 1.0, old_logprobs_from_forward=True)
 
     assert got["pg_loss"] == pytest.approx(want["pg_loss"], abs=1e-6)
     mbs = [tmb.packed for tmb in minis[0].micro_batches]
@@ -127,6 +144,31 @@ def test_on_policy_update_scores_its_own_forward_as_the_old_policy(tiny_model_di
     assert (entropy[batch.loss_mask.bool()] > 0).all()
     for (name, p), q in zip(shortcut.model.named_parameters(), given.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+
+
+def test_group_total_loss_is_the_same_whatever_the_micro_batching(tiny_model_dir, layout):
+    """group-mean-token-mean through DeepSpeed's gradient accumulation: micro-batches that split a
+    group give the same pg_loss and gradient norm as one micro-batch holding the whole mini-batch
+    (the normalisers are the mini-batch's, not the micro-batch's)."""
+    bs, be, ss, se = layout.block_start, layout.block_end, layout.summary_start, layout.summary_end
+    batch = RolloutBatch.from_sequences(
+        [[10, 11, 12], [13, 14], [15, 16, 17], [18, 19]],
+        [[bs, 40, 41, 42, be, ss, 50, se, 60, 61], [70, 71], [72, 73, 74, 75, 76], [77]],
+        group_ids=[0, 0, 1, 1])
+    batch.compute_layout(layout)
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * batch.loss_mask
+    algo = AlgoConfig(loss_mode="cispo", loss_agg_mode="group-mean-token-mean")
+    # lr 1e-30: the first update leaves the float32 weights as they were, so one worker scores both
+    worker = make_worker(tiny_model_dir, port=29617, lr=1e-30, algo=algo)
+    batch.old_logprobs = response_logprobs(worker, batch)
+    (whole,) = make_mini_batches(batch, [np.arange(len(batch))], 256, 1)
+    (pieces,) = make_mini_batches(batch, [np.arange(len(batch))], 12, 1)
+    assert len(whole[0].micro_batches) == 1 and len(pieces[0].micro_batches) >= 3
+    want, _ = worker.update(whole, 1.0)
+    got, _ = worker.update(pieces, 1.0)
+    assert want["grad_norm"] > 0
+    assert got["pg_loss"] == pytest.approx(want["pg_loss"], abs=1e-6)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
 
 
 def test_sft_update_lowers_the_completion_loss(tiny_model_dir, layout):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rl.advantages import (
+    batch_whiten,
     compute_advantages,
     filter_zero_variance_groups,
     group_stats,
@@ -41,9 +42,13 @@ def _verl_reference(estimator: str, rewards: torch.Tensor, group_ids: torch.Tens
     return torch.tensor(out).unsqueeze(-1) * mask
 
 
+def _two_groups() -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards [1, 0, 0, 1] for prompt 0 and [2, 4] for prompt 1."""
+    return torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 4.0]), torch.tensor([0, 0, 0, 0, 1, 1])
+
+
 def test_grpo_hand_values_two_groups():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 4.0])
-    group_ids = torch.tensor([0, 0, 0, 0, 1, 1])
+    rewards, group_ids = _two_groups()
     adv, metrics = compute_advantages("grpo", rewards, group_ids, _ones(6))
     # group 0: mean 0.5, unbiased std sqrt(4 * 0.25 / 3) = 0.577350 -> +-0.5 / 0.577351 = +-0.866024
     # group 1: mean 3, std sqrt((1 + 1) / 1) = 1.414214 -> -+1 / 1.414215 = -+0.707106
@@ -53,8 +58,7 @@ def test_grpo_hand_values_two_groups():
 
 
 def test_dr_grpo_is_mean_centred_without_std():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 4.0])
-    group_ids = torch.tensor([0, 0, 0, 0, 1, 1])
+    rewards, group_ids = _two_groups()
     adv, _ = compute_advantages("dr_grpo", rewards, group_ids, _ones(6))
     # r - mean: group 0 mean 0.5, group 1 mean 3
     expected = torch.tensor([0.5, -0.5, -0.5, 0.5, -1.0, 1.0])
@@ -65,12 +69,69 @@ def test_dr_grpo_is_mean_centred_without_std():
 
 
 def test_rloo_is_leave_one_out():
-    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 4.0])
-    group_ids = torch.tensor([0, 0, 0, 0, 1, 1])
+    rewards, group_ids = _two_groups()
     adv, _ = compute_advantages("rloo", rewards, group_ids, _ones(6))
     # sample 0: 1 - mean(0, 0, 1) = 2/3; sample 1: 0 - mean(0, 1, 1) = -2/3; group 1: 2 - 4, 4 - 2
     expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, -2.0, 2.0])
     torch.testing.assert_close(adv[:, 0], expected)
+
+
+def test_batch_level_normalization_hand_values():
+    """reinforce_plus_plus_baseline: centred per group, scaled by the batch's std (not the group's)."""
+    rewards, group_ids = _two_groups()
+    adv, _ = compute_advantages("reinforce_plus_plus_baseline", rewards, group_ids, _ones(6))
+    # centred c = [0.5, -0.5, -0.5, 0.5, -1, 1], 3 tokens each: N = 18, token mean 0,
+    # unbiased var = 3 (4 * 0.25 + 2 * 1) / 17 = 9 / 17 = 0.529412, std 0.727607
+    # -> A = c / 0.727607 = +-0.687184 (group 0), +-1.374369 (group 1)
+    expected = torch.tensor([0.687184, -0.687184, -0.687184, 0.687184, -1.374369, 1.374369])
+    torch.testing.assert_close(adv, expected.unsqueeze(-1).expand(6, 3), atol=2e-6, rtol=0)
+    # the wider group keeps twice the advantage; grpo's per-group std makes both 0.87 / 0.71
+    assert adv[5, 0] / adv[0, 0] == pytest.approx(2.0)
+
+
+def test_batch_level_normalization_weighs_sequences_by_their_loss_tokens():
+    # one group, rewards 1 and 0 over 3 and 1 loss tokens: c = [0.5, -0.5]
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv, _ = compute_advantages("reinforce_plus_plus_baseline", torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask)
+    # token mean m = (3 * 0.5 - 0.5) / 4 = 0.25; var = (3 * 0.25^2 + 0.75^2) / 3 = 0.25, std 0.5
+    # A = [(0.5 - 0.25) / 0.5, (-0.5 - 0.25) / 0.5] = [0.5, -1.5] on the loss tokens
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.5], [-1.5, 0.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def _verl_rpp_baseline_reference(rewards, group_ids, mask):
+    """verl's REINFORCE++-baseline as loops: group means (singletons 0), broadcast over the
+    response mask, then masked_whiten over all masked tokens (unbiased var, 1e-8)."""
+    by_group = defaultdict(list)
+    for i, g in enumerate(group_ids.tolist()):
+        by_group[g].append(float(rewards[i]))
+    centred = [float(rewards[i]) - (sum(by_group[g]) / len(by_group[g]) if len(by_group[g]) > 1 else 0.0)
+               for i, g in enumerate(group_ids.tolist())]
+    tokens = [(i, t) for i in range(mask.shape[0]) for t in range(mask.shape[1]) if mask[i, t]]
+    values = [centred[i] for i, _ in tokens]
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    out = torch.zeros(mask.shape)
+    for i, t in tokens:
+        out[i, t] = (centred[i] - mean) / math.sqrt(var + 1e-8)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_level_normalization_matches_verl_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    b = 11
+    rewards = torch.randint(0, 3, (b,), generator=gen).float() + torch.rand(b, generator=gen)
+    group_ids = torch.randint(0, 4, (b,), generator=gen)  # singletons and absent ids included
+    mask = (torch.rand(b, 9, generator=gen) > 0.35).float()
+    mask[seed % b] = 0  # an empty response
+    adv, _ = compute_advantages("reinforce_plus_plus_baseline", rewards, group_ids, mask)
+    torch.testing.assert_close(adv, _verl_rpp_baseline_reference(rewards, group_ids, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_batch_whiten_without_two_loss_tokens_is_finite():
+    torch.testing.assert_close(batch_whiten(torch.tensor([3.0, 1.0]), torch.zeros(2, 4)), torch.zeros(2))
+    one = batch_whiten(torch.tensor([3.0, 1.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert torch.isfinite(one).all() and one[0] == 0  # the only token is its own mean
 
 
 @pytest.mark.parametrize("estimator,expected", [("grpo", 3.0 / (1 + EPS)), ("dr_grpo", 3.0), ("rloo", 3.0)])
@@ -80,7 +141,7 @@ def test_group_of_one_uses_raw_score_like_verl(estimator, expected):
     torch.testing.assert_close(adv, torch.full((1, 4), expected))
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline"])
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.1])
 def test_all_equal_rewards_give_zero_advantage(estimator, value):
     # 0.1 repeated does not average back to exactly 0.1 in float32: still ~0, never NaN

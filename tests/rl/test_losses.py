@@ -10,9 +10,21 @@ import pytest
 import torch
 
 from rl.algo_config import AlgoConfig
-from rl.losses import actor_loss, agg_loss, kl_penalty, policy_loss, rollout_mismatch
+from rl.losses import (
+    METRIC_AGGREGATION,
+    actor_loss,
+    agg_loss,
+    combine_micro_batches,
+    group_normalisers,
+    kl_penalty,
+    policy_loss,
+    reduce_metrics,
+    rollout_mismatch,
+    rollout_rejection_mask,
+    sft_loss,
+)
 
-MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "group-mean-token-mean"]
 CLIP = {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28}
 
 
@@ -48,10 +60,54 @@ def test_agg_loss_modes_hand_values():
     assert agg_loss(loss_mat, mask, "seq-mean-token-sum-norm").item() == pytest.approx(5.0 / 3)
 
 
+def test_group_total_normalization_hand_values():
+    loss_mat = torch.tensor([[1.0, 2.0, 3.0], [4.0, 99.0, 99.0], [6.0, 8.0, 99.0], [99.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    group_ids = torch.tensor([0, 0, 1, 2])  # group 2 has no loss token
+    group_tokens, num_groups = group_normalisers(mask, group_ids)
+    assert group_tokens.tolist() == [4, 4, 2, 0] and num_groups == 2
+    # group 0: (1 + 2 + 3 + 4) / 4 = 2.5; group 1: (6 + 8) / 2 = 7; mean over 2 groups = 4.75
+    got = agg_loss(loss_mat, mask, "group-mean-token-mean", group_num_tokens=group_tokens, num_groups=num_groups)
+    assert got.item() == pytest.approx(4.75)
+    # differs from token-mean 24 / 6 = 4 and seq-mean-token-mean (2 + 4 + 7) / 3 = 4.333
+    assert agg_loss(loss_mat, mask, "token-mean").item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="group_num_tokens and num_groups"):
+        agg_loss(loss_mat, mask, "group-mean-token-mean")
+
+
+def _group_total_reference(mat, mask, group_ids):
+    """Loops: per group, its summed loss over its total loss tokens; then the mean over groups."""
+    per_group = {}
+    for i, g in enumerate(group_ids.tolist()):
+        total, tokens = per_group.get(g, (0.0, 0))
+        row = [float(mat[i, t]) for t in range(mat.shape[1]) if mask[i, t]]
+        per_group[g] = (total + sum(row), tokens + len(row))
+    means = [total / tokens for total, tokens in per_group.values() if tokens]
+    return sum(means) / len(means)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_total_normalization_matches_loop_reference(seed):
+    gen = torch.Generator().manual_seed(seed)
+    mat = torch.randn(11, 7, generator=gen)
+    mask = (torch.rand(11, 7, generator=gen) > 0.4).float()
+    mask[seed] = 0
+    group_ids = torch.randint(0, 4, (11,), generator=gen)
+    group_tokens, num_groups = group_normalisers(mask, group_ids)
+    got = agg_loss(mat, mask, "group-mean-token-mean", group_num_tokens=group_tokens, num_groups=num_groups)
+    assert got.item() == pytest.approx(_group_total_reference(mat, mask, group_ids), rel=1e-5)
+
+
+def _group_kwargs(mask, group_ids=None):
+    group_ids = torch.arange(mask.shape[0]) // 2 if group_ids is None else group_ids
+    group_tokens, num_groups = group_normalisers(mask, group_ids)
+    return {"group_num_tokens": group_tokens, "num_groups": num_groups}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_agg_loss_all_masked_is_zero_with_finite_grad(mode):
     x = torch.full((2, 3), float("nan"), requires_grad=True)
-    loss = agg_loss(x * 2, torch.zeros(2, 3), mode)
+    loss = agg_loss(x * 2, torch.zeros(2, 3), mode, **_group_kwargs(torch.zeros(2, 3)))
     assert loss.item() == 0.0
     assert torch.equal(_grad(loss, x), torch.zeros(2, 3))
 
@@ -64,8 +120,10 @@ def test_sharded_loss_with_global_normaliser_equals_global_mean(mode):
     mask = (torch.rand(8, 6, generator=gen) > 0.4).float()
     mask[5] = 0  # an empty sequence
     weight = torch.rand(8, 6, generator=gen)
+    # groups of 3, 3 and 2 rows: every group is split across micro-batches, group 1 across ranks
+    groups = _group_kwargs(mask, torch.tensor([0, 0, 1, 0, 1, 2, 1, 2]))
     kwargs = {"loss_scale_factor": 6.0}  # a constant, as AlgoConfig requires for -norm
-    global_loss = agg_loss(x.square() * weight, mask, mode, **kwargs)
+    global_loss = agg_loss(x.square() * weight, mask, mode, **kwargs, **groups)
 
     n_tokens = mask.sum()
     n_seqs = (mask.sum(-1) > 0).sum()
@@ -80,6 +138,8 @@ def test_sharded_loss_with_global_normaliser_equals_global_mean(mode):
                 dp_size=2,
                 batch_num_tokens=n_tokens,
                 global_batch_size=n_seqs,
+                group_num_tokens=groups["group_num_tokens"][a:b],
+                num_groups=groups["num_groups"],
                 **kwargs,
             )
             for a, b, w in rank
@@ -377,6 +437,10 @@ def test_config_defaults_and_paper_preset_are_valid():
     AlgoConfig(loss_mode="gspo", loss_agg_mode="seq-mean-token-mean")
     AlgoConfig(loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=4096, adv_estimator="dr_grpo")
     AlgoConfig(tis_imp_ratio_cap=2.0, clip_ratio_high=0.28, kl_loss_type="k3", kl_penalty="k1")
+    paper = AlgoConfig(adv_estimator="reinforce_plus_plus_baseline", loss_agg_mode="group-mean-token-mean",
+                       rollout_rs="geometric", rollout_rs_threshold=1.01, rollout_rs_threshold_lower=0.99)
+    assert paper.corrects_rollout and not AlgoConfig().corrects_rollout
+    assert AlgoConfig(rollout_rs="token", rollout_rs_threshold=2.0).corrects_rollout
 
 
 @pytest.mark.parametrize(
@@ -393,8 +457,183 @@ def test_config_defaults_and_paper_preset_are_valid():
         ({"loss_agg_mode": "seq-mean-token-sum-norm"}, "loss_scale_factor must be set"),
         ({"kl_loss_coef": -0.1}, "kl_loss_coef must be >= 0"),
         ({"tis_imp_ratio_cap": -1.0}, "tis_imp_ratio_cap must be > 0"),
+        ({"rollout_rs": "seq-mask-tis", "rollout_rs_threshold": 2.0}, "rollout_rs must be one of"),
+        ({"rollout_rs": "token"}, "rollout_rs_threshold must be > 0"),
+        ({"rollout_rs": "token", "rollout_rs_threshold": 0.0}, "rollout_rs_threshold must be > 0"),
+        ({"rollout_rs_threshold": 2.0}, "rollout_rs is null"),
+        ({"rollout_rs": "geometric", "rollout_rs_threshold": 1.1, "rollout_rs_threshold_lower": 1.2},
+         "rollout_rs_threshold_lower must be in"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_key(values, match):
     with pytest.raises(ValueError, match=match):
         AlgoConfig(**values)
+
+
+# ---------------------------------------------------------------- masked importance sampling
+
+
+def _rejection_batch():
+    # log r = old - rollout; row 0: r = [1, e^0.5 = 1.65, e^-1 = 0.37, (forced) 2.5]; row 1: r = 1.3 x 3
+    log_r = torch.tensor([[0.0, 0.5, -1.0, math.log(2.5)], [math.log(1.3)] * 3 + [0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    return log_r, torch.zeros(2, 4), mask
+
+
+def test_token_rejection_hand_values():
+    old, rollout, mask = _rejection_batch()
+    keep, metrics = rollout_rejection_mask(old, rollout, mask, "token", 2.0)
+    # band [1/2, 2]: only r = 0.37 falls out; the forced token is never kept
+    assert keep.tolist() == [[True, True, False, False], [True, True, True, False]]
+    assert metrics["mismatch/rs_masked_frac"] == pytest.approx(1 / 6)
+    assert metrics["mismatch/rs_seq_masked_frac"] == pytest.approx(1 / 2)
+    assert metrics["mismatch/rs_low_frac"] == pytest.approx(1 / 6)
+    assert metrics["mismatch/rs_high_frac"] == 0.0
+
+
+def test_sequence_rejection_uses_the_product_of_ratios():
+    old, rollout, mask = _rejection_batch()
+    keep, metrics = rollout_rejection_mask(old, rollout, mask, "sequence", 2.0)
+    # row 0: exp(0 + 0.5 - 1) = 0.61 in [0.5, 2]; row 1: 1.3^3 = 2.197 > 2 -> whole row out
+    assert keep.tolist() == [[True, True, True, False], [False, False, False, False]]
+    assert metrics["mismatch/rs_masked_frac"] == pytest.approx(3 / 6)
+    assert metrics["mismatch/rs_high_frac"] == pytest.approx(3 / 6)
+
+
+def test_geometric_rejection_uses_the_mean_log_ratio():
+    old, rollout, mask = _rejection_batch()
+    keep, metrics = rollout_rejection_mask(old, rollout, mask, "geometric", 2.0)
+    # row 0: exp(-0.5 / 3) = 0.846; row 1: 1.3 -> both inside [0.5, 2]
+    assert keep.tolist() == [[True, True, True, False], [True, True, True, False]]
+    assert metrics["mismatch/rs_masked_frac"] == 0.0
+    keep, metrics = rollout_rejection_mask(old, rollout, mask, "geometric", 2.0, threshold_lower=0.9)
+    # lower bound 0.9 > 0.846 drops row 0
+    assert keep.tolist() == [[False, False, False, False], [True, True, True, False]]
+    assert metrics["mismatch/rs_low_frac"] == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="rollout_rs must be one of"):
+        rollout_rejection_mask(old, rollout, mask, "product", 2.0)
+
+
+def test_rejection_with_no_loss_tokens_keeps_nothing_and_is_finite():
+    keep, metrics = rollout_rejection_mask(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3), "geometric", 2.0)
+    assert not keep.any() and all(math.isfinite(v) for v in metrics.values())
+
+
+def _verl_rejection(log_ratio, mask, mode, upper, lower):
+    # verl compute_rollout_rejection_mask: clamp the log to +-20, exp, compare the weight
+    mask = mask.float()
+    if mode == "token":
+        w = torch.exp(log_ratio.clamp(-20, 20))
+    elif mode == "sequence":
+        w = torch.exp((log_ratio * mask).sum(-1, keepdim=True).clamp(-20, 20)).expand_as(log_ratio)
+    else:
+        mean = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True)
+        w = torch.exp(mean.clamp(-20, 20)).expand_as(log_ratio)
+    return mask * ((w >= lower) & (w <= upper)).float()
+
+
+def _skyrl_rejection(log_ratio, mask, mode, upper, lower):
+    # SkyRL compute_token_mask / compute_sequence_mask (geometric, product), times the loss mask
+    mask = mask.float()
+    if mode == "token":
+        r = torch.exp(log_ratio.clamp(-20, 20))
+        return mask * ((r >= lower) & (r <= upper)).float()
+    total = (log_ratio * mask).sum(-1, keepdim=True)
+    stat = total / mask.sum(-1, keepdim=True).clamp(min=1) if mode == "geometric" else total
+    r = torch.exp(stat.clamp(-20, 20))
+    return mask * (~(r > upper) & ~(r < lower)).float()
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence", "geometric"])
+@pytest.mark.parametrize("seed", range(3))
+def test_rejection_matches_verl_and_skyrl(mode, seed):
+    gen = torch.Generator().manual_seed(seed)
+    old = -torch.rand(6, 9, generator=gen) * 2
+    rollout = old + 0.25 * torch.randn(6, 9, generator=gen)
+    mask = (torch.rand(6, 9, generator=gen) > 0.2).float()
+    mask[:, 0] = 1  # verl's metrics need a token per row
+    upper, lower = {"token": (1.3, 0.8), "sequence": (1.5, 0.6), "geometric": (1.06, 0.94)}[mode]
+    keep, _ = rollout_rejection_mask(old, rollout, mask, mode, upper, lower)
+    assert 0 < keep.sum() < mask.sum()  # the band bites on these batches
+    log_ratio = old - rollout
+    assert torch.equal(keep.float(), _verl_rejection(log_ratio, mask, mode, upper, lower))
+    assert torch.equal(keep.float(), _skyrl_rejection(log_ratio, mask, mode, upper, lower))
+
+
+@pytest.mark.parametrize("openrlhf_type", ["icepop", "seq-mask-tis"])
+def test_rejection_with_tis_matches_openrlhf_up_to_its_denominator(openrlhf_type):
+    """OpenRLHF zeroes the weight of rejected tokens but keeps them in the token-mean denominator;
+    we drop them from the loss mask. The two losses differ exactly by N_kept / N."""
+    logprobs, old, advantages, mask = _random_batch(7, b=6, t=8)
+    rollout = old + 0.3 * torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    low, high = 0.8, 1.25
+    log_ratio = old - rollout
+    ppo_mat, _ = policy_loss("ppo", logprobs, old, advantages, mask, **CLIP, clip_ratio_c=1e9)
+    if openrlhf_type == "icepop":  # token band; weight r inside it
+        r = torch.exp(log_ratio)
+        theirs_w = r * ((r >= low) & (r <= high))
+        keep, _ = rollout_rejection_mask(old, rollout, mask, "token", high, low)
+        weights, _ = rollout_mismatch(old, rollout, mask, tis_imp_ratio_cap=high)  # r <= high where kept
+    else:  # geometric-mean band per sequence; raw token weight r inside it
+        geo = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1))
+        theirs_w = ((geo >= low) & (geo <= high)).unsqueeze(-1) * torch.exp(log_ratio)
+        keep, _ = rollout_rejection_mask(old, rollout, mask, "geometric", high, low)
+        weights, _ = rollout_mismatch(old, rollout, mask, tis_imp_ratio_cap=1e9)  # uncapped
+    theirs = (ppo_mat * theirs_w * mask).sum() / mask.sum()
+    ours = agg_loss(ppo_mat * weights, keep, "token-mean")
+    assert 0 < keep.sum() < mask.sum()
+    torch.testing.assert_close(ours * keep.sum() / mask.sum(), theirs)
+
+
+# ---------------------------------------------------------------- metric aggregation
+
+
+@pytest.mark.parametrize("mode,agg", [("ppo", "token-mean"), ("cispo", "group-mean-token-mean"),
+                                      ("gspo", "seq-mean-token-mean")])
+def test_every_metric_the_losses_emit_has_a_declared_aggregation(mode, agg):
+    logprobs, old, advantages, mask = _random_batch(0)
+    cfg = AlgoConfig(loss_mode=mode, loss_agg_mode=agg, use_kl_loss=True, entropy_coeff=0.01)
+    _, metrics = actor_loss(cfg, logprobs, old, advantages, mask, ref_logprobs=old - 0.1,
+                            entropy=torch.ones_like(old), **_group_kwargs(mask))
+    _, sft_metrics = sft_loss(logprobs, mask)
+    emitted = {*metrics, *sft_metrics, "grad_norm", "lr"}  # the last two: the actor's own per step
+    assert emitted <= set(METRIC_AGGREGATION), emitted - set(METRIC_AGGREGATION)
+
+
+def test_an_undeclared_metric_is_refused_by_name():
+    with pytest.raises(KeyError, match="'pg_loss_v2' has no declared aggregation"):
+        combine_micro_batches([({"pg_loss_v2": 1.0}, 1.0)], world_size=1)
+    with pytest.raises(KeyError, match="'pg_loss_v2'"):
+        reduce_metrics([{"pg_loss_v2": 1.0}])
+
+
+def test_metric_aggregation_hand_values():
+    # one rank of two; its two micro-batches hold a quarter of the mini-batch's tokens each
+    rank0 = combine_micro_batches([({"pg_loss": 1.0, "pg_clipfrac": 0.4, "ppo_ratio_max": 1.5}, 0.25),
+                                   ({"pg_loss": 2.0, "pg_clipfrac": 0.8, "ppo_ratio_max": 1.2}, 0.25)], world_size=2)
+    # share: 1 + 2 = 3; token_mean: (0.4 * 0.25 + 0.8 * 0.25) * 2 ranks = 0.6; max: 1.5
+    assert rank0 == pytest.approx({"pg_loss": 3.0, "pg_clipfrac": 0.6, "ppo_ratio_max": 1.5})
+    rank1 = {"pg_loss": 1.0, "pg_clipfrac": 0.2, "ppo_ratio_max": 2.0}
+    # over ranks: means (3 + 1) / 2, (0.6 + 0.2) / 2; the max of maxima
+    assert reduce_metrics([rank0, rank1]) == pytest.approx({"pg_loss": 2.0, "pg_clipfrac": 0.4, "ppo_ratio_max": 2.0})
+    # a rank with no loss token reports nothing: it counts as 0 in the means, not in the max
+    assert reduce_metrics([rank1, {}]) == pytest.approx({"pg_loss": 0.5, "pg_clipfrac": 0.1, "ppo_ratio_max": 2.0})
+
+
+@pytest.mark.parametrize("mode", ["ppo", "cispo"])
+def test_micro_batched_metrics_equal_the_global_batch_metrics(mode):
+    """Split over 2 ranks x 2 micro-batches, the combined metrics equal one call on the batch."""
+    logprobs, old, advantages, mask = _random_batch(8, b=8, t=6, spread=0.5)
+    cfg = AlgoConfig(loss_mode=mode, use_kl_loss=True, entropy_coeff=0.01)
+    extra = {"ref_logprobs": old - 0.2, "entropy": torch.rand(8, 6, generator=torch.Generator().manual_seed(2))}
+    _, want = actor_loss(cfg, logprobs, old, advantages, mask, **extra)
+    n = mask.sum()
+    ranks = []
+    for rows in ([slice(0, 3), slice(3, 4)], [slice(4, 7), slice(7, 8)]):
+        per_micro = []
+        for r in rows:
+            _, metrics = actor_loss(cfg, logprobs[r], old[r], advantages[r], mask[r], dp_size=2, batch_num_tokens=n,
+                                    ref_logprobs=extra["ref_logprobs"][r], entropy=extra["entropy"][r])
+            per_micro.append((metrics, (mask[r].sum() / n).item()))
+        ranks.append(combine_micro_batches(per_micro, world_size=2))
+    assert reduce_metrics(ranks) == pytest.approx(want, rel=1e-5, abs=1e-6)
