@@ -82,6 +82,39 @@ def test_two_mini_batches_score_the_old_policy_before_updating(tiny_model_dir, t
     assert metrics["actor/entropy_old"] > 0
 
 
+def test_paper_objective_with_masked_importance_sampling(tiny_model_dir, tmp_path):
+    """The paper's normalisations with geometric masked IS: the correction needs the old
+    log-probs first (own pass, even at one optimizer step), and the engine and the trainer score
+    the samples alike under the layout, so even a 0.1% band rejects nothing."""
+    [metrics] = run(tiny_config(tmp_path / "paper", tiny_model_dir, steps=1,
+                                algorithm={"adv_estimator": "reinforce_plus_plus_baseline",
+                                           "loss_agg_mode": "group-mean-token-mean", "loss_mode": "cispo",
+                                           "rollout_rs": "geometric", "rollout_rs_threshold": 1.001},
+                                trainer={"save_freq": 0, "logger": ["console"]}))
+    assert metrics["time/old_logprob"] > 0
+    assert metrics["mismatch/rs_masked_frac"] == 0.0
+    assert metrics["actor/grad_norm"] > 0 and "actor/pg_clipfrac" in metrics
+
+
+def test_rejected_tokens_leave_the_loss_before_the_advantages():
+    """Trainer.correct_rollout drops the tokens outside the band from the loss mask only."""
+    from types import SimpleNamespace
+
+    from rl.algo_config import AlgoConfig
+    from rl.batch import RolloutBatch
+
+    batch = RolloutBatch.from_sequences([[1], [2]], [[3, 4, 5], [6, 7]])
+    batch.forced_mask[0, 2] = True  # an engine-forced token: no loss either way
+    batch.old_logprobs = torch.tensor([[0.0, -1.0, -9.0], [-0.1, 0.0, 0.0]])  # r = [1, 1/e, ~], [0.9, 1]
+    trainer = SimpleNamespace(cfg=SimpleNamespace(algorithm=AlgoConfig(rollout_rs="token", rollout_rs_threshold=1.5)))
+    _, metrics = Trainer.correct_rollout(trainer, batch)
+    # band [2/3, 1.5]: only r = 1/e leaves; the padding slot and the forced token keep their marks
+    assert batch.loss_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert batch.response_mask.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    assert metrics["mismatch/rs_masked_frac"] == pytest.approx(1 / 4)
+    assert "mismatch/abs_diff_mean" in metrics
+
+
 def test_colocated_engine_sleeps_through_the_update_and_samples_the_new_weights(tiny_model_dir,
                                                                                tmp_path):
     history = run(tiny_config(tmp_path / "colocate", tiny_model_dir, steps=2,
