@@ -8,7 +8,8 @@ with a PyTorch path (CPU, and the reference). Imports none of the other project 
 
 Backend: Triton on CUDA tensors, PyTorch elsewhere; override with `backend=` or the
 MEMENTO_KERNELS_BACKEND environment variable (auto | triton | torch). Tests: `pytest tests/kernels`
-(Triton runs in the interpreter there). Benchmarks: `python scripts/bench_kernels.py`.
+(Triton runs in the interpreter there). Benchmarks: `python scripts/bench_kernels.py`. On a GPU,
+`python -m kernels.gpu_check` checks and times the compiled kernels (docs/gpu_check.md).
 """
 
 from kernels.dispatch import linear_logprob_entropy, memento_attention, use_triton

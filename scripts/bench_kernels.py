@@ -9,12 +9,14 @@ CPU (runs anywhere, a few minutes on 2 cores):
     Goal: memory and time following the visible fraction of causal pairs.
   Each case runs in a fresh process; peak memory is the process's peak RSS above its RSS once the
   inputs exist. Ratios are ours / naive.
-GPU (only when CUDA is available): TFLOP/s of both Triton kernels (bf16), after a correctness
-check against the PyTorch paths; log-prob counts 2*T*H*V forward and 6*T*H*V backward, attention
-counts 4*D*Hq per visible (query, key) pair forward. H100 targets: >= 650 and >= 350 TFLOP/s.
+GPU (only when CUDA is available): `python -m kernels.gpu_check` (docs/gpu_check.md), the
+Triton kernels compiled against the PyTorch references, then their TFLOP/s against full logits,
+dense causal SDPA and the chip's bf16 peak. H100 targets: log-prob forward >= 650 TFLOP/s,
+memento attention forward >= 350 TFLOP/s on visible pairs.
 
     python scripts/bench_kernels.py            # CPU part, plus the GPU part if CUDA is present
     python scripts/bench_kernels.py --quick    # smaller shapes, for a smoke run
+    python scripts/bench_kernels.py --skip-cpu # the GPU check only
 """
 
 from __future__ import annotations
@@ -22,33 +24,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import sys
 import time
 
-import numpy as np
 import psutil
 import torch
 
+from kernels import gpu_check
 from kernels.attention_torch import attention_dense, attention_torch
-from kernels.dispatch import linear_logprob_entropy, memento_attention
 from kernels.logprob_torch import linear_logprob_entropy_torch, logprob_entropy_reference
-
-
-def memento_evict_at(T: int, prompt: int = 512, block: int = 1150, memento: int = 194) -> np.ndarray:
-    """evict_at [T] of one sequence: prompt, then (block, memento) pairs; block content (between
-    its delimiters) is evicted at the memento's last token, the `<|summary_end|>`."""
-    evict_at = np.full(T, T)
-    start = prompt
-    while start + block + memento <= T:
-        summary_end = start + block + memento - 1
-        evict_at[start + 1:start + block - 1] = summary_end
-        start = summary_end + 1
-    return evict_at
-
-
-def visible_fraction(evict_at: np.ndarray) -> float:
-    """Visible (query, key) pairs over causal pairs: key j is seen by queries j..evict_at[j]-1."""
-    T = len(evict_at)
-    return float((evict_at - np.arange(T)).sum() / (T * (T + 1) / 2))
+from kernels.synthetic_layouts import memento_evict_at, visible_fraction
 
 
 def _logprob_case(kind: str, grad: bool, T: int, H: int, V: int):
@@ -69,7 +54,7 @@ def _logprob_case(kind: str, grad: bool, T: int, H: int, V: int):
 def _attention_case(kind: str, grad: bool, T: int, hq: int, hkv: int, d: int):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, T, d, generator=gen).requires_grad_(grad) for h in (hq, hkv, hkv))
-    evict_at = torch.from_numpy(memento_evict_at(T))[None]
+    evict_at = memento_evict_at(T)[None]
     fn = attention_torch if kind == "chunked" else attention_dense
 
     def run():
@@ -129,57 +114,18 @@ def cpu_benchmarks(quick: bool) -> None:
         compare(f"  {label}", _attention_case, ("dense", grad), ("chunked", grad), shape, (2048, 2, 1, 16))
 
 
-def gpu_benchmarks(quick: bool) -> None:
-    from triton.testing import do_bench
-
-    dev, dtype = torch.device("cuda"), torch.bfloat16
-    T, H, V = (4096, 1024, 32000) if quick else (32768, 4096, 151936)
-    hidden = torch.randn(T, H, device=dev, dtype=dtype, requires_grad=True)
-    weight = (torch.randn(V, H, device=dev) / H ** 0.5).to(dtype).requires_grad_()
-    targets = torch.randint(0, V, (T,), device=dev)
-    check = slice(0, 512)  # correctness on a slice, against the PyTorch path in fp32
-    got = linear_logprob_entropy(hidden[check], weight, targets[check], backend="triton")
-    want = linear_logprob_entropy(hidden[check].float(), weight.float(), targets[check], backend="torch")
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=5e-2, rtol=5e-2)
-    fwd = do_bench(lambda: linear_logprob_entropy(hidden.detach(), weight.detach(), targets, backend="triton"))
-    logprobs, entropy = linear_logprob_entropy(hidden, weight, targets, backend="triton")
-    bwd = do_bench(lambda: torch.autograd.grad(logprobs.sum() + entropy.sum(), (hidden, weight), retain_graph=True))
-    print(f"GPU log-prob T={T} H={H} V={V} bf16: forward {2 * T * H * V / fwd / 1e9:.0f} TFLOP/s (target 650), "
-          f"backward {6 * T * H * V / bwd / 1e9:.0f} TFLOP/s")
-
-    T, hq, hkv, d = (8192, 8, 2, 128) if quick else (32768, 32, 8, 128)
-    evict_np = memento_evict_at(T)
-    evict_at = torch.from_numpy(evict_np)[None].to(dev)
-    q, k, v = (torch.randn(1, h, T, d, device=dev, dtype=dtype, requires_grad=True) for h in (hq, hkv, hkv))
-    n_check = 2048
-    got = memento_attention(q[:, :, :n_check], k[:, :, :n_check], v[:, :, :n_check],
-                            evict_at[:, :n_check].clamp(max=n_check), backend="triton")
-    want = memento_attention(*(x[:, :, :n_check].float() for x in (q, k, v)),
-                             evict_at[:, :n_check].clamp(max=n_check), backend="torch")
-    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
-    pairs = float((evict_np - np.arange(T)).sum())
-    fwd = do_bench(lambda: memento_attention(q.detach(), k.detach(), v.detach(), evict_at, backend="triton"))
-    out = memento_attention(q, k, v, evict_at, backend="triton")
-    grad_out = torch.randn_like(out)
-    bwd = do_bench(lambda: torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True))
-    print(f"GPU attention T={T} Hq={hq} Hkv={hkv} D={d} bf16, {visible_fraction(evict_np):.3f} of causal pairs: "
-          f"forward {4 * d * hq * pairs / fwd / 1e9:.0f} TFLOP/s on visible pairs (target 350), "
-          f"backward {10 * d * hq * pairs / bwd / 1e9:.0f} TFLOP/s")
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller shapes for a smoke run")
     parser.add_argument("--skip-cpu", action="store_true", help="GPU part only")
     args = parser.parse_args()
     if not args.skip_cpu:
         cpu_benchmarks(args.quick)
-    if torch.cuda.is_available():
-        gpu_benchmarks(args.quick)
-    else:
+    if not torch.cuda.is_available():
         print("GPU part skipped: CUDA is not available")
+        return 0
+    return gpu_check.main(["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
