@@ -74,10 +74,14 @@ def ask_all(client, requests: Sequence[ChatRequest], parse: Callable[[str, int],
 
 
 def extract_json(text: str) -> dict:
-    """The JSON object in `text`: the whole text, else its outermost {...} (code fences allowed)."""
+    """The JSON object in `text`: the whole text, else its outermost {...} (code fences allowed).
+
+    Raw control characters inside strings are accepted (`strict=False`): grammar-constrained
+    decoders such as xgrammar let them through.
+    """
     for candidate in (text.strip(), text[text.find("{"):text.rfind("}") + 1]):
         try:
-            value = json.loads(candidate)
+            value = json.loads(candidate, strict=False)
         except json.JSONDecodeError:
             continue
         if isinstance(value, dict):

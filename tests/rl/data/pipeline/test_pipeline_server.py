@@ -86,7 +86,7 @@ def short_traces(path: Path, per_example: int) -> list[dict]:
     return rows
 
 
-def config(url, tiny_model_dir, input_file, output_dir, **client) -> PipelineConfig:
+def config(url, tiny_model_dir, input_file, output_dir, max_rounds=2, **client) -> PipelineConfig:
     return PipelineConfig(
         input_files=[str(input_file)], output_dir=str(output_dir), tokenizer=str(tiny_model_dir),
         progress=False, max_concurrent_traces=3,
@@ -95,8 +95,8 @@ def config(url, tiny_model_dir, input_file, output_dir, **client) -> PipelineCon
         seed=SeedConfig(min_reasoning_tokens=300),
         scoring=ScoringConfig(windows=[8], max_tokens=96),
         segment=SegmentConfig(min_block_tokens=150),
-        mementos=MementoConfig(max_tokens=48, max_rounds=2, judge_max_tokens=512,
-                               feedback_max_chars=60))
+        mementos=MementoConfig(max_tokens=24, max_rounds=max_rounds, judge_max_tokens=256,
+                               feedback_max_chars=20))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_structured_outputs_turn_a_random_model_into_sft_ready_rows(structured_r
         assert all(t >= 150 for t in row["block_tokens"])
         assert all(0 <= s <= 10 for s in row["judge_scores"])
         assert all(1 <= len(s) <= 2 for s in row["round_scores"])
-        assert row["compression"] < 1  # mementos capped at 48 tokens, blocks >= 150
+        assert row["compression"] < 1  # mementos capped at 24 tokens, blocks >= 150
         # first try parsed: one scoring call per window and one verdict per block, no re-asks
         n_windows = len(windows(len(row["sentences"]), 8))
         assert row["usage"]["score"]["calls"] == n_windows
@@ -158,9 +158,9 @@ def test_a_killed_run_resumes_without_redoing_finished_traces(server, tiny_model
            f"output_dir={out}", f"tokenizer={tiny_model_dir}", "client.model=tiny",
            f"client.base_url={server}", "client.api_key_env=", "client.temperature=1.0",
            "max_concurrent_traces=1", "progress=false", "seed.min_reasoning_tokens=300",
-           "scoring.windows=[8]", "segment.min_block_tokens=150", "mementos.max_tokens=48",
-           "mementos.max_rounds=2", "mementos.feedback_max_chars=60",
-           "mementos.judge_max_tokens=512", f"hydra.run.dir={tmp_path / 'hydra'}"]
+           "scoring.windows=[8]", "segment.min_block_tokens=150", "mementos.max_tokens=24",
+           "mementos.max_rounds=1", "mementos.feedback_max_chars=20",
+           "mementos.judge_max_tokens=256", f"hydra.run.dir={tmp_path / 'hydra'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while len(read_jsonl(out / ROWS)) < 1:
@@ -172,7 +172,7 @@ def test_a_killed_run_resumes_without_redoing_finished_traces(server, tiny_model
     before = (out / ROWS).read_bytes()
     assert 1 <= before.count(b"\n") < len(inputs)
 
-    cfg = config(server, tiny_model_dir, tmp_path / "traces.jsonl", out)
+    cfg = config(server, tiny_model_dir, tmp_path / "traces.jsonl", out, max_rounds=1)
     counts = run(cfg)
     assert counts == {"done": len(inputs) - before.count(b"\n"), "failed": 0}
     after = (out / ROWS).read_bytes()
