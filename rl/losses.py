@@ -1,4 +1,5 @@
-"""Policy losses, loss aggregation, KL estimators and rollout-mismatch correction for the actor update.
+"""Policy losses, loss aggregation, KL estimators and rollout correction for the actor update,
+and how each metric they report combines (METRIC_AGGREGATION).
 
 Pure torch on padded (B, T) tensors: B sequences (rows), T token positions. Every function takes a
 `loss_mask` (B, T) that is 1 only on response tokens the policy chose; prompt tokens, padding and
