@@ -97,7 +97,7 @@ def compute_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, position_i
         input_ids: [B, T] long; a packed micro-batch is one row (B = 1).
         position_ids: [B, T] original positions, restarting at 0 for each packed sequence
             (used for RoPE only).
-        evict_at: [B, T] int, row-local (rollout.layout.packed_evict_at).
+        evict_at: [B, T] int, row-local, capped at each packed sequence's end (as rl.batch.pack builds it).
         targets: [B, T] long, targets[b, t] = the token scored at position t, i.e. the token that
             follows t in its sequence (`next_token_targets`); IGNORE_INDEX (-100) scores nothing.
         temperature: the rollout's sampling temperature.

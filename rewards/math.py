@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+from rewards.format import THINK_END, THINK_START
+
 AnswerStyle = Literal["math", "number", "choice"]
 
 MAX_ANSWER_CHARS = 1000  # longer "answers" are wrong without reaching sympy
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _BOX = re.compile(r"\\(?:boxed|fbox)")
 _FINAL_LINE = re.compile(r"(?:final answer|answer is|answer:)\s*(?:is)?\s*:?\s*([^\n]{1,%d})" % MAX_ANSWER_CHARS,
                          re.IGNORECASE)
@@ -54,10 +55,10 @@ class MathResult:
 
 def answer_section(response: str) -> str | None:
     """Text after the last `</think>`; None for truncated reasoning (`<think>` never closed)."""
-    cut = response.rfind(_THINK_CLOSE)
+    cut = response.rfind(THINK_END)
     if cut >= 0:
-        return response[cut + len(_THINK_CLOSE):]
-    return None if _THINK_OPEN in response else response
+        return response[cut + len(THINK_END):]
+    return None if THINK_START in response else response
 
 
 def _brace_pairs(text: str) -> dict[int, int]:

@@ -183,7 +183,12 @@ def balance_token_bins(lengths: np.ndarray, max_tokens: int, num_bins_multiple: 
 
 
 def pack(batch: RolloutBatch, indices: list[int]) -> MicroBatch:
-    """Pack the given samples of `batch` (whose layout is computed) into one row."""
+    """Pack the given samples of `batch` (whose layout is computed) end to end into one row.
+
+    evict_at moves to packed coordinates and stays capped at each key's own sequence end (a
+    sequence's layout is at most its length), so `j <= i < evict_at[j]` alone keeps the packed
+    sequences from seeing each other (DESIGN.md section 1); position ids restart at 0 per sequence.
+    """
     ids, pos, ev, tgt, starts, lens = [], [], [], [], [], []
     offset = 0
     for i in indices:

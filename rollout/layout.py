@@ -3,7 +3,8 @@
 This module is the single definition of the layout (DESIGN.md section 1). The vLLM engine feeds
 sampled tokens one at a time to a `LayoutTracker` and evicts the spans it returns; the trainer,
 the metrics and the KV accounting call `evict_at` on whole sequences, which runs the very same
-tracker. Train/inference agreement therefore holds by construction.
+tracker. Train/inference agreement therefore holds by construction. (The trainer packs several
+sequences into one row with `rl.batch.pack`.)
 
 A response looks like
 
@@ -194,27 +195,6 @@ def evict_at(token_ids: Sequence[int] | np.ndarray, cfg: MementoConfig) -> np.nd
     for ev in tracker.feed_many(token_ids.tolist()):
         out[ev.start:ev.end] = np.minimum(out[ev.start:ev.end], ev.at)
     return out
-
-
-def packed_evict_at(sequences: Sequence[Sequence[int]], cfg: MementoConfig
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Layout of several sequences packed end to end in one row.
-
-    evict_at is shifted to packed coordinates and capped at each key's sequence end, so
-    `j <= i < evict_at[j]` alone keeps sequences from seeing each other.
-
-    Returns:
-        evict_at: int64 (sum T_b,) in packed coordinates.
-        position_ids: int64 (sum T_b,), restarting at 0 for each sequence (RoPE positions).
-    """
-    parts, positions, offset = [], [], 0
-    for seq in sequences:
-        parts.append(evict_at(seq, cfg) + offset)  # per-sequence values are <= T_b already
-        positions.append(np.arange(len(seq), dtype=np.int64))
-        offset += len(seq)
-    if not parts:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(parts), np.concatenate(positions)
 
 
 def memento_stats(token_ids: Sequence[int], cfg: MementoConfig, start: int = 0) -> dict[str, float]:

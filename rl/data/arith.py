@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
+from rewards.format import SUMMARY_END, SUMMARY_START, render_memento
 from rl.data.rows import write_jsonl
-from rl.data.sft_dataset import render_memento
-from rollout.layout import SUMMARY_END, SUMMARY_START
 
 Op = Literal["add", "sub", "mul", "div"]
 DATA_SOURCE = "memento_arith"
@@ -168,7 +167,9 @@ def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
     A block states the value it starts from (read from the previous memento), does its steps
     with an inverse check, and ends with the new value; the memento is "After step k: v", or
     "Step k done." for the blocks flagged in `lossy` (block index -> True).
-    Blocks are ~4x longer than mementos. The answer follows `</think>` as \\boxed{N}.
+    Blocks are ~4x longer than mementos. The answer follows `</think>` as \\boxed{N}. Lossy or
+    not, the trace passes the SFT data check (`rl.data.sft_dataset.check_memento_response`), and
+    so the format reward's.
     """
     values = [problem.start, *problem.values]
     blocks, mementos = [], []

@@ -6,9 +6,10 @@ messages) and the assistant response in one of the two OpenMementos forms:
 - `response`: the pre-assembled memento-format string (HF config `default`), used verbatim;
 - `sentences` (list[str]), `blocks` (inclusive [start, end] sentence ranges covering every
   sentence in order) and `block_summaries` (one per block) (HF config `full`), assembled here by
-  `render_memento`, with an optional `answer` for the text after `</think>`.
+  `rewards.format.render_memento`, with `answer` for the text after `</think>`.
 
-Either way the response must follow the grammar (`check_memento_response`):
+Either way the response must follow the grammar (`check_memento_response`), as strictly as the RL
+format reward checks it and more (the response itself must open with `<think>`):
 
     <think> ( <|block_start|> reasoning <|block_end|> <|summary_start|> memento <|summary_end|> )*
     </think> answer
@@ -21,15 +22,14 @@ answer), as in the paper's two SFT stages; the trainer adds the memento layout i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rewards.format import (BLOCK_END, BLOCK_START, MARKERS, MEMENTO_TOKENS, SUMMARY_END, SUMMARY_START,
+                            THINK_END, THINK_START, check_format, render_memento)
 from rl.data.rows import DataError, OnBadRow, parse_files
-from rollout.layout import BLOCK_END, BLOCK_START, MEMENTO_TOKENS, SUMMARY_END, SUMMARY_START
 
-THINK_START, THINK_END = "<think>", "</think>"
 IGNORE_INDEX = -100
 
 # Paper A.2.1: each new token starts at the mean embedding of related words (plus noise).
@@ -66,55 +66,16 @@ class SFTSample:
 # --------------------------------------------------------------------------- grammar
 
 
-def render_memento(blocks: Sequence[str], mementos: Sequence[str], answer: str = "") -> str:
-    """Assemble a memento-format response from block texts, their mementos and the answer.
-
-    Whitespace (undocumented in the paper) follows the reference vLLM README's drawing: a
-    newline after `<think>`, between a block and its memento, and after each memento.
-    """
-    if len(blocks) != len(mementos):
-        raise ValueError(f"{len(blocks)} blocks but {len(mementos)} mementos")
-    parts = [THINK_START, "\n"]
-    for block, memento in zip(blocks, mementos):
-        parts += [BLOCK_START, block, BLOCK_END, "\n", SUMMARY_START, memento, SUMMARY_END, "\n"]
-    parts += [THINK_END, "\n", answer]
-    return "".join(parts)
-
-
-_MARKERS = re.compile("|".join(re.escape(t) for t in (*MEMENTO_TOKENS, THINK_START, THINK_END)))
-_NEXT = {  # delimiter -> the delimiter that must follow it
-    BLOCK_START: BLOCK_END, BLOCK_END: SUMMARY_START, SUMMARY_START: SUMMARY_END,
-}
-
-
 def check_memento_response(response: str) -> int:
-    """Validate the grammar; returns the number of blocks. Raises ValueError saying what is wrong.
+    """Validate the grammar; returns the number of blocks. Raises ValueError naming the first problem.
 
-    Requires exactly one `<think>` at the start (after optional whitespace) and one `</think>`,
-    and between them complete (block, memento) pairs, not nested, at least one.
+    The format reward's check with its defaults (so SFT data never shows what RL punishes: text
+    outside blocks, empty or overlong mementos, no answer, ...), plus `require_think_start`.
     """
-    markers = [(m.group(), m.start()) for m in _MARKERS.finditer(response)]
-    if not response.lstrip().startswith(THINK_START):
-        raise ValueError(f"response must start with {THINK_START}, starts with {response[:40]!r}")
-    names = [m for m, _ in markers]
-    if names.count(THINK_START) != 1 or names.count(THINK_END) != 1:
-        raise ValueError(f"response needs exactly one {THINK_START} and one {THINK_END}, found "
-                         f"{names.count(THINK_START)} and {names.count(THINK_END)}")
-    inner = names[1:names.index(THINK_END)]
-    if names.index(THINK_END) != len(names) - 1:
-        raise ValueError(f"memento delimiter after {THINK_END}: {names[names.index(THINK_END) + 1]}")
-    expected, blocks = BLOCK_START, 0
-    for name in inner:
-        if name != expected:
-            raise ValueError(f"block {blocks + 1}: expected {expected}, found {name}")
-        if name == SUMMARY_END:
-            blocks += 1
-        expected = _NEXT.get(name, BLOCK_START)
-    if expected != BLOCK_START:
-        raise ValueError(f"block {blocks + 1} is unfinished before {THINK_END} (expected {expected})")
-    if blocks == 0:
-        raise ValueError("response has no memento blocks")
-    return blocks
+    report = check_format(response, require_think_start=True)
+    if not report.well_formed:
+        raise ValueError(report.first_problem)
+    return report.blocks
 
 
 def assemble_from_sentences(sentences: Sequence[str], blocks: Sequence[Sequence[int]],
@@ -196,7 +157,7 @@ def tokenize_sft(example: SFTExample, tokenizer, max_length: int) -> SFTSample:
                                          tokenize=False)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
-    for token in (*MEMENTO_TOKENS, THINK_START, THINK_END):
+    for token in MARKERS:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token in example.response and (token_id is None or token_id == tokenizer.unk_token_id
                                           or token_id not in completion_ids):

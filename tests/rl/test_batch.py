@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from rl.batch import RolloutBatch, balance_token_bins, make_micro_batches
-from rollout.layout import MementoConfig
+from rl.batch import RolloutBatch, balance_token_bins, make_micro_batches, pack
+from rollout.layout import MementoConfig, evict_at
 
 BS, BE, SS, SE = 100, 101, 102, 103
 
@@ -39,6 +39,45 @@ def test_packed_micro_batch_keeps_positions_layout_and_targets():
     # rows read the positions that predict their response tokens
     assert mb.gather_responses(flat, 7).tolist() == [[1, 2, 3, 4, 5, 6, 7], [9, 10, 0, 0, 0, 0, 0]]
     assert mb.targets[torch.tensor([1, 2, 3, 4, 5, 6, 7])].tolist() == batch.response_ids[0]
+
+
+def visible(ev: np.ndarray) -> np.ndarray:
+    """Dense (N, N) visibility from evict_at: query i sees key j iff j <= i < evict_at[j]."""
+    i, j = np.arange(len(ev))[:, None], np.arange(len(ev))[None, :]
+    return (j <= i) & (i < ev[None, :])
+
+
+def test_packed_layout_caps_at_sequence_end_and_resets_positions():
+    cfg = MementoConfig(BS, BE, SS, SE)
+    batch = RolloutBatch.from_sequences([[BS, 1], [4]], [[BE, SS, 2, SE, 3], [5, 6]])
+    batch.compute_layout(cfg)
+    mb = pack(batch, [0, 1])
+    assert mb.position_ids.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]
+    assert mb.evict_at.tolist() == [7, 5, 7, 7, 7, 7, 7, 10, 10, 10]  # capped at 7, then at 10
+    assert not visible(mb.evict_at.numpy())[7:, :7].any()  # no query of sequence 1 sees sequence 0
+    assert pack(batch, []).evict_at.numel() == 0
+
+
+def test_packed_visibility_is_each_sequence_alone_on_the_diagonal():
+    """Awkward lengths, options and a block left open: the packed row's visibility is block-diagonal,
+    each block the sequence's own layout."""
+    cfg = MementoConfig(BS, BE, SS, SE, keep_last_n_blocks=1, mask_delimiters=True)
+    prompts = [[7, 7, 7], [8], [9, 9]]
+    responses = [[BS, 1, 1, BE, SS, 2, SE, BS, 3, BE, SS, 4, SE, 5], [BS, 6, BE, SS], [BS, 1, BE, SS, 2, SE, BS, 3]]
+    batch = RolloutBatch.from_sequences(prompts, responses)
+    batch.compute_layout(cfg)
+    mb = pack(batch, [2, 0, 1])
+    expected = np.zeros((mb.num_tokens, mb.num_tokens), dtype=bool)
+    causal = expected.copy()
+    offset = 0
+    for i in [2, 0, 1]:
+        seq = prompts[i] + responses[i]
+        rows = slice(offset, offset + len(seq))
+        expected[rows, rows] = visible(evict_at(seq, cfg))
+        causal[rows, rows] = np.tril(np.ones((len(seq), len(seq)), dtype=bool))
+        offset += len(seq)
+    np.testing.assert_array_equal(visible(mb.evict_at.numpy()), expected)
+    assert (expected != causal).any()  # the layout evicts something, so the comparison has teeth
 
 
 def test_micro_batches_split_evenly_across_ranks():

@@ -5,9 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rollout.layout import (LayoutTracker, MementoConfig, evict_at, kv_bytes_per_token, kv_stats,
-                            memento_stats,
-                            live_tokens, packed_evict_at)
+from rollout.layout import (LayoutTracker, MementoConfig, evict_at, kv_bytes_per_token, kv_stats, live_tokens,
+                            memento_stats)
 
 BS, BE, SS, SE = 100, 101, 102, 103
 CFG = MementoConfig(BS, BE, SS, SE)
@@ -173,17 +172,6 @@ def test_tracker_fed_token_by_token_agrees_with_batch_layout(options, toks):
             evicted.update(range(e.start, e.end))
         held = set(range(i + 1)) - evicted
         assert held == {j for j in range(i + 1) if i < ev[j]}
-
-
-def test_packed_layout_caps_at_sequence_end_and_resets_positions():
-    a = [BS, 1, BE, SS, 2, SE, 3]
-    b = [4, 5, 6]
-    ev, pos = packed_evict_at([a, b], CFG)
-    assert pos.tolist() == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]
-    assert ev.tolist() == [7, 5, 7, 7, 7, 7, 7, 10, 10, 10]
-    vis = visible_from_evict_at(ev)
-    assert not vis[7:, :7].any()  # no query of b sees a key of a
-    assert packed_evict_at([], CFG)[0].size == 0
 
 
 def test_kv_stats_counts_live_tokens():

@@ -69,7 +69,10 @@ def process_trace(trace: Trace, client, cfg: PipelineConfig, count_tokens) -> di
     results = write_mementos(client, trace.problem, block_texts, block_tokens, cfg.mementos, usage)
     summaries = [r.memento for r in results]
     response = render_memento(block_texts, summaries, trace.answer)
-    check_memento_response(response)
+    try:
+        check_memento_response(response)  # the SFT reader's check (e.g. mementos too long for their blocks)
+    except ValueError as e:
+        raise StageFailure("format", str(e)) from e
     memento_tokens = [count_tokens(m) for m in summaries]
     return {
         "id": trace.id, "problem": trace.problem, "answer": trace.answer, "response": response,

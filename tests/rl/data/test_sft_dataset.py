@@ -43,13 +43,15 @@ def test_response_form_is_used_verbatim():
 
 @pytest.mark.parametrize("response, message", [
     ("<|block_start|>a<|block_end|><|summary_start|>s<|summary_end|></think>", "must start with"),
-    (f"<think>{BS}a{BE}{SS}s{SE}", "exactly one <think> and one </think>"),
+    (f"<think>{BS}a{BE}{SS}s{SE}", "exactly one </think>, found 0"),
     (f"<think>{BS}a{BE}{BS}b{BE}{SS}s{SE}</think>", r"block 1: expected <\|summary_start\|>"),
     (f"<think>{BS}a{BS}b{BE}{SS}s{SE}</think>", r"block 1: expected <\|block_end\|>"),
     (f"<think>{BS}a{BE}{SS}s{SE}{SS}t{SE}</think>", r"block 2: expected <\|block_start\|>"),
     (f"<think>{BS}a{BE}{SS}s{SE}{BS}b{BE}</think>", "block 2 is unfinished"),
     (f"<think>{BS}a{BE}{SS}s{SE}</think>{BS}", "delimiter after </think>"),
-    ("<think>plain reasoning</think> 4", "no memento blocks"),
+    ("<think>plain reasoning</think> 4", "text outside the blocks and mementos"),
+    ("<think>\n</think> 4", "no memento blocks"),
+    (f"<think>{BS}a long block{BE}{SS}s{SE}</think>\n", "nothing after </think>"),
 ])
 def test_malformed_response_is_rejected_with_the_reason(response, message):
     with pytest.raises(ValueError, match=message):
@@ -109,10 +111,10 @@ def test_truncation_and_dropping_count(tmp_path, tokenizer):
     assert cut.truncated and len(cut.input_ids) == len(cut.labels) == full.prompt_length + 10
     assert cut.input_ids == full.input_ids[:full.prompt_length + 10]
 
-    short = {"problem": "q", "response": f"<think>{BS}a{BE}{SS}s{SE}</think>1"}
+    short = {"problem": "q", "response": f"<think>{BS}ab{BE}{SS}s{SE}</think>1"}
     path = write_jsonl([FULL_ROW, short], tmp_path / "sft.jsonl")
     # Limit 100: the AIME prompt (260 tokens) leaves no completion and is dropped; the short
-    # row (20 prompt tokens + 10 completion: 9 for the response, 1 eos) fits.
+    # row (20 prompt tokens + 11 completion: 10 for the response, 1 eos) fits.
     dataset = SFTDataset([path], tokenizer, max_length=100)
     assert (len(dataset), dataset.num_dropped, dataset.num_truncated) == (1, 1, 0)
 
