@@ -1,6 +1,7 @@
 """`python -m kernels.gpu_check`: its CPU smoke path (Triton interpreted), that it fails when a kernel
 and its reference disagree, and the pieces of the timing half that run without a GPU."""
 
+import os
 import re
 import subprocess
 import sys
@@ -45,6 +46,15 @@ def test_cpu_quick_run_passes_and_reports_every_measurement():
                  "attention_fwd_T48_memento_tflops", "attention_fwd_bwd_T48_time_vs_sdpa"):
         value = rows[name][0]
         assert value > 0 and value == value, name  # measured, positive, not NaN
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_kernels_match_the_references_on_cuda():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
+    proc = subprocess.run([sys.executable, "-m", "kernels.gpu_check", "--skip-timing"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
 
 
 PERTURBED_REFERENCES = r'''
