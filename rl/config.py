@@ -1,7 +1,8 @@
 """The trainer's config schema: typed dataclasses validated before any worker starts.
 
 Hydra composes the YAML in `conf/` (groups, presets, command-line overrides); `load_config`
-then builds this schema from the result. An unknown key, a wrong type or a bad combination stops
+then builds this schema from the result. `run_hydra` is the one command-line front end of every
+entry point (rl.train, rl.sft, rl.eval, rl.demo), each with its YAML in `conf/`. An unknown key, a wrong type or a bad combination stops
 the run with a message naming the key (`data.train_batch_size must be int, got 'eight' (str)`).
 Defaults live here, not in the code that reads them. Key names follow verl
 (`actor_rollout_ref.rollout.n`, `data.max_response_length`, ...); the policy-loss keys verl keeps
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 from rewards.manager import RewardConfig
 from rl.algo_config import AlgoConfig
@@ -314,24 +315,42 @@ def load_config(cfg) -> Config:
     return from_dict(Config, cfg)
 
 
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def parse_overrides(argv: list[str]) -> dict:
-    """`a.b=value` command-line arguments (values parsed as YAML) into a nested dict."""
-    import yaml
-
-    values: dict = {}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {arg!r}")
-        node = values
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-        value = yaml.safe_load(raw)
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
-            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-        node[leaf] = value
+def schema_defaults(cls: type) -> dict[str, Any]:
+    """Every key of dataclass `cls` with its default (nested dataclasses as dicts), without
+    building `cls` itself, whose `__post_init__` may reject the defaults (SFT needs its files)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        values[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     return values
+
+
+def run_hydra(config_name: str, schema: type, job: Callable[[Any], None],
+              argv: list[str] | None = None) -> None:
+    """`job(cfg)`, `cfg` the `schema` instance Hydra composes from `conf/<config_name>.yaml`.
+
+    The schema's keys and defaults are stored as the config `<config_name>_schema`, which the
+    YAML lists first in its defaults, so any key can be set as `key=value` on the command line
+    (Hydra types the values: `1e-4` is a float); an unknown key fails in Hydra, a wrong type or
+    value in `from_dict`, naming the key. `--cfg job` prints the composed config and exits.
+    `argv` stands in for the command line (tests).
+    """
+    import sys
+
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name=f"{config_name}_schema",
+                                 node=OmegaConf.create(schema_defaults(schema)))
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)
+    def run(raw) -> None:
+        job(from_dict(schema, OmegaConf.to_container(raw, resolve=True, throw_on_missing=True)))
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    run()

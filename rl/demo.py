@@ -1,6 +1,6 @@
 """The default run (README command 1): the whole MEMENTO method on a CPU in minutes.
 
-    python -m rl.demo                          # = bash scripts/run.sh
+    python -m rl.demo                          # = bash scripts/run.sh (conf/demo.yaml)
     python -m rl.demo rl_steps=30 sft_steps_full=400 out_dir=outputs/demo2
 
 1. build a tokenizer with the memento tokens and a small random Qwen3 model (no downloads);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from rl.config import Config, OptimConfig, from_dict, parse_overrides
+from rl.config import Config, OptimConfig, from_dict, run_hydra
 from rl.data.arith import ArithConfig, state_memento_share, write_arith_datasets
 from rl.eval.evaluate import EvalConfig, evaluate
 from rl.sft.train import SFTConfig, run_sft
@@ -72,8 +71,11 @@ class DemoConfig:
     max_response_length: int = 320
 
 
-def main(argv: list[str]) -> None:
-    cfg = from_dict(DemoConfig, parse_overrides(argv))
+def main(argv: list[str] | None = None) -> None:
+    run_hydra("demo", DemoConfig, run_demo, argv)
+
+
+def run_demo(cfg: DemoConfig) -> None:
     started = time.perf_counter()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -248,4 +250,4 @@ def stamp(started: float, message: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

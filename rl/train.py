@@ -17,7 +17,6 @@ off-policy mode): see `Trainer.take_overlapped_batch`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -30,7 +29,7 @@ from rewards.manager import RewardManager
 from rl import advantages as adv
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches, pad_right
 from rl.checkpoint import CheckpointManager, read_json, resolve_model_path, write_json
-from rl.config import Config, load_config
+from rl.config import Config, run_hydra
 from rl.data.prompts import PromptLoader, load_prompts
 from rl.losses import reduce_metrics, rollout_mismatch, rollout_rejection_mask
 from rl.tracking import Tracker, timed
@@ -466,29 +465,16 @@ def kv_cache_size(rollout) -> dict:
     return {"gpu_memory_utilization": rollout.gpu_memory_utilization}
 
 
+def train(cfg: Config) -> None:
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
-    import hydra
-    from omegaconf import OmegaConf
-
-    from hydra.core.config_store import ConfigStore
-
-    conf_dir = str(Path(__file__).resolve().parents[1] / "conf")
-    # Every key of the schema, with its default, so any key can be overridden on the command
-    # line; an unknown key fails in Hydra, a wrong type or value in load_config.
-    ConfigStore.instance().store(name="schema", node=OmegaConf.create(asdict(Config())))
-
-    @hydra.main(config_path=conf_dir, config_name="config", version_base=None)
-    def run(raw) -> None:
-        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
-        trainer = Trainer(cfg)
-        try:
-            trainer.fit()
-        finally:
-            trainer.close()
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    run()
+    run_hydra("config", Config, train, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ math verifier from `\\boxed{N}` after `</think>`.
 
     python -m rl.data.arith out/    # writes arith_{train,val}.jsonl (RL) and arith_sft_{train,val}.jsonl
 
-`write_builtin` backs the `builtin:arith` / `builtin:arith_val` entries of `data.train_files`.
+`resolve_files` turns `builtin:<name>` entries of a file list (`builtin:arith`, `builtin:arith_val`
+for RL and evaluation, `builtin:arith_sft`, `builtin:arith_sft_val` for SFT) into these files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from rewards.format import SUMMARY_END, SUMMARY_START, render_memento
-from rl.data.rows import write_jsonl
+from rl.data.rows import DataError, write_jsonl
 
 Op = Literal["add", "sub", "mul", "div"]
 DATA_SOURCE = "memento_arith"
@@ -240,12 +241,28 @@ def write_arith_datasets(out_dir: str | Path, n_train: int = 2000, n_val: int = 
     return ArithFiles(**files)
 
 
+BUILTIN_FILES = {"arith": "rl_train", "arith_val": "rl_val",
+                 "arith_sft": "sft_train", "arith_sft_val": "sft_val"}
+
+
 def write_builtin(name: str, data_dir: str | Path) -> Path:
-    """Path of the built-in RL file `name` ("arith" or "arith_val") with default settings."""
-    known = {"arith": "rl_train", "arith_val": "rl_val"}
-    if name not in known:
-        raise ValueError(f"unknown builtin dataset {name!r}; known: {sorted(known)}")
-    return getattr(write_arith_datasets(data_dir), known[name])
+    """Path of the built-in file `name` (a key of BUILTIN_FILES) with default settings."""
+    if name not in BUILTIN_FILES:
+        raise ValueError(f"unknown builtin dataset {name!r}; known: {sorted(BUILTIN_FILES)}")
+    return getattr(write_arith_datasets(data_dir), BUILTIN_FILES[name])
+
+
+def resolve_files(files: Sequence[str], data_dir: str | Path | None) -> list[Path]:
+    """Paths as given, with `builtin:<name>` entries generated into `data_dir`."""
+    paths = []
+    for f in files:
+        if str(f).startswith("builtin:"):
+            if data_dir is None:
+                raise DataError(f"{f!r} needs a data_dir to generate into")
+            paths.append(write_builtin(str(f).removeprefix("builtin:"), data_dir))
+        else:
+            paths.append(Path(f))
+    return paths
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from rl.data.arith import write_builtin
+from rl.data.arith import resolve_files
 from rl.data.rows import DataError, OnBadRow, parse_files
 
 
@@ -131,19 +131,6 @@ class PromptDataset:
         return (f"{len(self)} prompts from {len(self.files)} file(s); {self.num_filtered} longer "
                 f"than {self.max_prompt_length} tokens filtered; {self.num_skipped} malformed "
                 "rows skipped")
-
-
-def resolve_files(files: Sequence[str], data_dir: str | Path | None) -> list[Path]:
-    """Paths as given, with `builtin:<name>` entries generated into `data_dir` (rl.data.arith)."""
-    paths = []
-    for f in files:
-        if str(f).startswith("builtin:"):
-            if data_dir is None:
-                raise DataError(f"{f!r} needs a data_dir to generate into")
-            paths.append(write_builtin(str(f).removeprefix("builtin:"), data_dir))
-        else:
-            paths.append(Path(f))
-    return paths
 
 
 def load_prompts(files: Sequence[str], tokenizer, max_prompt_length: int,

@@ -3,7 +3,8 @@
     python -m rl.eval model_path=ckpt benchmark_files=[aime24.jsonl,math500.parquet]
     python -m rl.eval model_path=ckpt benchmark_files=[...] memento.enable=false   # the control
     python -m rl.eval model_path=ckpt benchmark_files=[...] restart_mode=true      # the ablation
-    python -m rl.eval model_path=ckpt benchmark_files=[...] --cfg job              # dry run
+
+(conf/eval.yaml; `--cfg job` prints the composed config and exits.)
 
 Each problem gets `n` samples from the memento engine (`rollout.engine`), or from plain vLLM with
 `memento.enable=false`; `restart_mode=true` is the paper's restart ablation (mementos keep no KV
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -43,7 +43,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from rewards.manager import RewardConfig, RewardManager
-from rl.config import MementoOptions, from_dict
+from rl.config import MementoOptions
 from rl.data.prompts import PromptRow, parse_prompt_row
 from rl.data.rows import DataError, read_rows
 from rl.eval.metrics import accuracy_metrics, default_ks
@@ -374,31 +374,3 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
                "benchmarks": summarize(records, cfg.n, bytes_per_token)}
     write_report(out, summary, records)
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    # Every key with its default, so any key can be overridden; the two required ones are
-    # Hydra's "???" (missing). Hydra's own logs and .hydra/ go into output_dir.
-    node = asdict(EvalConfig())
-    node.update(model_path="???", benchmark_files="???",
-                hydra={"run": {"dir": "${output_dir}"}, "job": {"chdir": False}})
-    ConfigStore.instance().store(name="eval", node=OmegaConf.create(node))
-
-    @hydra.main(config_path=None, config_name="eval", version_base=None)
-    def run(raw) -> None:
-        values = OmegaConf.to_container(raw, resolve=True, throw_on_missing=True)
-        summary = evaluate(from_dict(EvalConfig, values))
-        for name, s in summary["benchmarks"].items():
-            print(f"{name}: pass@1 {s['pass@1']:.4f} +- {s['pass@1_se']:.4f} over "
-                  f"{s['num_problems']} problems; peak KV {s['peak_gb']:.4g} GB "
-                  f"(full attention {s['full_peak_gb']:.4g} GB)")
-        print(f"report: {Path(values['output_dir']) / 'report.md'}")
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    run()
-

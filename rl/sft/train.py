@@ -8,7 +8,10 @@ as RL (`sft_update`), so multi-rank SFT needs nothing extra. The checkpoint with
 validation loss (under the stage's own layout) is exported in Hugging Face format to
 `<output_dir>/best`, tokenizer and chat template included.
 
-    python -m rl.sft model_path=tiny stage=full output_dir=outputs/sft1 train_files=[...]
+    python -m rl.sft                  # conf/sft.yaml: stage 1 of the tiny model, built-in task
+
+`builtin:arith_sft` / `builtin:arith_sft_val` in the file lists stand for the built-in task's
+traces, generated into `<output_dir>/data`.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 
 from rl.algo_config import AlgoConfig
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
-from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig, from_dict, parse_overrides
 from rl.checkpoint import resolve_model_path
+from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig
+from rl.data.arith import resolve_files
 from rl.data.sft_dataset import SFTDataset, SFTSample
 from rollout.layout import MementoConfig
 
@@ -86,8 +90,9 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     model_path = resolve_model_path(cfg.model_path, out)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     layout = cfg.memento.layout(tokenizer) if cfg.stage == "memento" else None
-    train = SFTDataset(cfg.train_files, tokenizer, cfg.max_length)
-    val = SFTDataset(cfg.val_files, tokenizer, cfg.max_length) if cfg.val_files else None
+    train = SFTDataset(resolve_files(cfg.train_files, out / "data"), tokenizer, cfg.max_length)
+    val = (SFTDataset(resolve_files(cfg.val_files, out / "data"), tokenizer, cfg.max_length)
+           if cfg.val_files else None)
     log(f"sft[{cfg.stage}]: {len(train)} train / {len(val) if val else 0} val sequences")
 
     steps_total = cfg.epochs * (len(train) // cfg.batch_size)
@@ -146,9 +151,4 @@ def validation_loss(group, data: SFTDataset, layout: MementoConfig | None, cfg: 
                 total -= float(logprobs[m, :length].sum())
                 count += length
     return total / max(count, 1)
-
-
-def main(argv: list[str]) -> None:
-    result = run_sft(from_dict(SFTConfig, parse_overrides(argv)))
-    print(f"best checkpoint: {result.best_dir} (val loss {result.best_val_loss:.4f})")
 

@@ -2,16 +2,18 @@
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
 from rewards.math import score_math
+from rl.data.arith import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
+                           resolve_files, solution_trace, state_memento_share,
+                           write_arith_datasets)
 from rl.data.prompts import PromptDataset
 from rl.data.rows import read_rows
 from rl.data.sft_dataset import SFTDataset, check_memento_response
-from rl.data.arith import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
-                      solution_trace, state_memento_share, write_arith_datasets)
 from rollout.layout import MementoConfig, evict_at, memento_stats
 
 _PHRASES = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
@@ -175,3 +177,13 @@ def test_state_memento_share_counts_mementos_that_carry_a_value():
     assert state_memento_share([good, half]) == 0.75
     assert state_memento_share([half, garbage]) == pytest.approx(1 / 3)
     assert math.isnan(state_memento_share(["no mementos here", ""]))
+
+
+def test_builtin_names_resolve_to_the_generated_files(tmp_path):
+    rl_val, sft_train, plain = resolve_files(
+        ["builtin:arith_val", "builtin:arith_sft", "mine.jsonl"], tmp_path)
+    assert (rl_val.name, sft_train.name, plain) == ("arith_val.jsonl", "arith_sft_train.jsonl",
+                                                    Path("mine.jsonl"))
+    assert "response" in read_rows(sft_train)[0] and "prompt" in read_rows(rl_val)[0]
+    with pytest.raises(ValueError, match="unknown builtin dataset 'arith_test'"):
+        resolve_files(["builtin:arith_test"], tmp_path)
