@@ -74,7 +74,11 @@ class OpenAIClient:
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         body = {"model": self.cfg.model, "messages": request.messages,
-                "max_tokens": request.max_tokens, "temperature": self.cfg.temperature}
+                self.cfg.max_tokens_key: request.max_tokens, **self.cfg.extra_body}
+        if self.cfg.temperature is not None:
+            body["temperature"] = self.cfg.temperature
+        if self.cfg.chat_template_kwargs:  # vLLM / SGLang servers read it
+            body["chat_template_kwargs"] = self.cfg.chat_template_kwargs
         if request.json_schema is not None and self.cfg.structured_outputs == "response_format":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "answer", "schema": request.json_schema, "strict": True}}
@@ -93,7 +97,7 @@ class OpenAIClient:
                 error = f"{type(e).__name__}: {e}"
             else:
                 if response.status_code == 200:
-                    return _reply(response.json())
+                    return _reply(response)
                 error = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code != 429 and response.status_code < 500:
                     raise ClientError(error)
@@ -102,15 +106,16 @@ class OpenAIClient:
         raise ClientError(f"{self.cfg.max_retries + 1} attempts failed; last: {error}")
 
 
-def _reply(payload: dict) -> ChatReply:
+def _reply(response) -> ChatReply:
     try:
+        payload = response.json()
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
         return ChatReply(choice["message"].get("content") or "", int(usage.get("prompt_tokens", 0)),
                          int(usage.get("completion_tokens", 0)),
                          choice.get("finish_reason") or "stop")
     except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise ClientError(f"unexpected reply shape: {str(payload)[:300]}") from e
+        raise ClientError(f"unexpected reply: {response.text[:300]}") from e
 
 
 class LocalEngineClient:
@@ -151,7 +156,7 @@ class LocalEngineClient:
         from vllm.sampling_params import StructuredOutputsParams
 
         params = [SamplingParams(
-            max_tokens=r.max_tokens, temperature=self.cfg.temperature,
+            max_tokens=r.max_tokens, temperature=self.cfg.temperature or 0.0,
             structured_outputs=(StructuredOutputsParams(json=r.json_schema)
                                 if r.json_schema is not None
                                 and self.cfg.structured_outputs != "none" else None))

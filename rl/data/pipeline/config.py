@@ -22,14 +22,18 @@ class ClientConfig:
     # How scores and verdicts are constrained: OpenAI's response_format json_schema, vLLM's
     # `structured_outputs` request field, or "none" (the prompt asks for JSON; output parsed).
     structured_outputs: Literal["response_format", "vllm", "none"] = "response_format"
-    temperature: float = 0.0
+    temperature: float | None = 0.0  # null: not sent (models that refuse the parameter)
+    max_tokens_key: str = "max_tokens"  # OpenAI's reasoning models want "max_completion_tokens"
+    extra_body: dict = field(default_factory=dict)  # merged into every request, e.g. top_p
     timeout_s: float = 600.0
     max_retries: int = 5  # transport errors, 429 and 5xx; other 4xx fail at once
     backoff_s: float = 1.0  # wait backoff_s * 2**attempt before retry `attempt`
     max_concurrency: int = 16  # requests in flight at once
     # backend=local only: extra vllm.LLM arguments (max_model_len, kv_cache_memory_bytes, ...)
     engine_kwargs: dict = field(default_factory=dict)
-    chat_template_kwargs: dict = field(default_factory=dict)  # e.g. {enable_thinking: false}
+    # sent with every request (vLLM / SGLang servers, and the local engine), e.g.
+    # {enable_thinking: false} for a Qwen3 labeller
+    chat_template_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check(self.timeout_s > 0, "client.timeout_s", "must be > 0")

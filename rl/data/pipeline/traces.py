@@ -11,7 +11,8 @@ Two row forms are read (jsonl or parquet):
 Seed selection (the paper's): drop a trace whose `<think>` is not closed, that is shorter than
 `min_reasoning_tokens`, or whose CJK share of non-space characters exceeds `max_cjk_fraction`
 (0 by default: any CJK character, as the released pipeline). Reasoning that already contains a
-memento delimiter is dropped too, since the memento grammar could not be parsed back.
+memento delimiter (or an answer with one) is dropped too: the memento grammar could not be
+parsed back.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def parse_trace(row: dict[str, Any], id_key: str, count_tokens: Callable[[str], 
         raise Rejected("no problem text")
     reasoning, after = _split_think(text)
     answer = answer if isinstance(answer, str) else after
-    if any(token in reasoning for token in (*MEMENTO_TOKENS, THINK_START, THINK_END)):
-        raise Rejected("reasoning already contains memento or think delimiters")
+    if any(token in text for token in (*MEMENTO_TOKENS, THINK_START, THINK_END)
+           for text in (reasoning, answer)):
+        raise Rejected("reasoning or answer already contains memento or think delimiters")
     visible = re.sub(r"\s", "", reasoning)
     cjk = len(_CJK.findall(visible)) / max(len(visible), 1)
     if cjk > max_cjk_fraction:

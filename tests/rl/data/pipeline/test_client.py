@@ -37,7 +37,9 @@ class Server:
                     server.in_flight -= 1
                 payload = {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
                            "usage": {"prompt_tokens": 11, "completion_tokens": 3}}
-                data = json.dumps(payload if status == 200 else {"error": "no"}).encode()
+                data = (b"<html>proxy page</html>" if status == 299 else
+                        json.dumps(payload if status == 200 else {"error": "no"}).encode())
+                status = 200 if status == 299 else status
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -119,3 +121,20 @@ def test_schema_goes_where_the_server_expects_it(serve, mode, key):
         assert body[key]["json_schema"]["schema"] == schema
     elif key:
         assert body[key] == {"json": schema}
+
+
+def test_a_reply_that_is_not_chat_json_is_a_client_error(serve):
+    server = serve(statuses=[299])  # the handler's code for "200 with an HTML body"
+    with pytest.raises(ClientError, match="unexpected reply: <html>"):
+        client_for(server).submit(REQUEST).result()
+
+
+def test_request_body_options_for_reasoning_models(serve):
+    server = serve()
+    client_for(server, temperature=None, max_tokens_key="max_completion_tokens",
+               extra_body={"reasoning_effort": "low"},
+               chat_template_kwargs={"enable_thinking": False}).submit(REQUEST).result()
+    body = server.bodies[0]
+    assert "temperature" not in body and "max_tokens" not in body
+    assert body["max_completion_tokens"] == 8 and body["reasoning_effort"] == "low"
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}

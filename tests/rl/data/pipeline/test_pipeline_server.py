@@ -2,7 +2,8 @@
 
 Structured outputs make even a random model's scores and verdicts parseable on the first try;
 without them its answers are garbage, and every trace is recorded as failed without a crash.
-A run killed midway resumes, and the rows go straight into the two SFT stages.
+A run killed midway resumes, and the rows go straight into the two SFT stages. Last, the same
+pipeline on vLLM in this process (client.backend=local).
 """
 
 import json
@@ -22,6 +23,7 @@ from rl.data.pipeline.config import (ClientConfig, MementoConfig, PipelineConfig
                                      SegmentConfig, SeedConfig)
 from rl.data.pipeline.run import FAILED, ROWS, run
 from rl.data.pipeline.boundaries import windows
+from rl.data.pipeline.client import LocalEngineClient
 from rl.data.sft_dataset import check_memento_response, load_sft_examples
 
 pytestmark = pytest.mark.slow
@@ -195,3 +197,22 @@ def test_rows_go_straight_into_two_stage_sft(structured_run, ray_local, tiny_mod
     stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
                                output_dir=str(tmp_path / "sft2"), **common), log=lambda *_: None)
     assert stage2.best_val_loss < float("inf") and (stage2.best_dir / "config.json").exists()
+
+
+def test_local_engine_batches_requests_from_trace_threads_into_rows(tiny_model_dir, tmp_path):
+    short_traces(tmp_path / "traces.jsonl", per_example=1)
+    cfg = config("unused", tiny_model_dir, tmp_path / "traces.jsonl", tmp_path / "out",
+                 max_rounds=1)
+    client_cfg = replace(cfg.client, backend="local", model=str(tiny_model_dir), engine_kwargs={
+        "max_model_len": 4096, "kv_cache_memory_bytes": 64 << 20, "enforce_eager": True,
+        "seed": 0, "structured_outputs_config": {"backend": "xgrammar",
+                                                 "disable_any_whitespace": True}})
+    client = LocalEngineClient(client_cfg)
+    try:
+        assert run(replace(cfg, client=client_cfg), client=client) == {"done": 3, "failed": 0}
+    finally:
+        client.close()
+    for row in read_jsonl(tmp_path / "out" / ROWS):
+        assert check_memento_response(row["response"]) == len(row["blocks"])
+        assert row["usage"]["score"]["calls"] == len(windows(len(row["sentences"]), 8))
+        assert row["usage"]["judge/0"]["calls"] == len(row["blocks"])

@@ -39,6 +39,7 @@ def test_openthoughts_conversation_is_read():
     ({"problem": "p", "reasoning": "too short"}, "tokens < 50"),
     ({"problem": "p", "reasoning": LONG + "答案是四十二"}, "CJK share"),
     ({"problem": "p", "reasoning": LONG + "<|block_end|>"}, "delimiters"),
+    ({"problem": "p", "reasoning": LONG, "answer": "x </think>"}, "delimiters"),
     ({"problem": "", "reasoning": LONG}, "no problem"),
     ({"problem": "p"}, "needs 'reasoning'"),
 ])
