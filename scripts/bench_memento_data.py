@@ -113,23 +113,23 @@ def main() -> None:
           f"traces_per_min={60 * counts['done'] / seconds:.2f} "
           f"prompt_tokens_per_trace={sum(r['prompt_tokens'] for r in rows) / done:.0f} "
           f"completion_tokens_per_trace={sum(r['completion_tokens'] for r in rows) / done:.0f}")
+    round0 = max(_round_tokens(rows, 0), 1)
     for r in range(args.max_rounds):
-        stages = [f"write/{r}", f"judge/{r}"]
-        tokens = sum(row["usage"].get(s, {}).get(k, 0) for row in rows for s in stages
-                     for k in ("prompt_tokens", "completion_tokens")) / done
+        tokens = _round_tokens(rows, r)
         blocks = sum(row["usage"].get(f"judge/{r}", {}).get("calls", 0) for row in rows)
-        print(f"RESULT round={r} tokens_per_trace={tokens:.0f} blocks_judged={blocks} "
-              f"share_of_round0={tokens / max(_round_tokens(rows, 0), 1) * done:.2f}")
+        print(f"RESULT round={r} tokens_per_trace={tokens / done:.0f} blocks_judged={blocks} "
+              f"vs_round0={tokens / round0:.2f}")
     best = {name: (min(t for t, _ in runs), runs[0][1] / done) for name, runs in timings.items()}
     for name, (t, tokens) in best.items():
         print(f"RESULT scoring {name} seconds={t:.2f} tokens_per_trace={tokens:.0f}")
-    print(f"RESULT two_pass_vs_one_pass scoring_tokens={best['two_pass'][1] / best['one_pass'][1]:.2f}x "
-          f"scoring_time={best['two_pass'][0] / best['one_pass'][0]:.2f}x")
+    (t1, k1), (t2, k2) = best["one_pass"], best["two_pass"]
+    print(f"RESULT two_pass_vs_one_pass scoring_tokens={k2 / k1:.2f}x scoring_time={t2 / t1:.2f}x")
 
 
 def _round_tokens(rows, r: int) -> int:
-    return sum(row["usage"].get(s, {}).get(k, 0) for row in rows
-               for s in (f"write/{r}", f"judge/{r}") for k in ("prompt_tokens", "completion_tokens"))
+    stages = (f"write/{r}", f"judge/{r}")
+    return sum(row["usage"].get(s, {}).get(k, 0) for row in rows for s in stages
+               for k in ("prompt_tokens", "completion_tokens"))
 
 
 if __name__ == "__main__":

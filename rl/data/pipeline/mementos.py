@@ -157,7 +157,8 @@ def write_mementos(client, problem: str, blocks: Sequence[str], block_tokens: Se
                             pct_high=round(100 * high), tokens=block_tokens[i])
 
     def common(i: int) -> dict:
-        return dict(problem=problem, index=i + 1, count=len(blocks), block=blocks[i], rules=rules(i))
+        return dict(problem=problem, index=i + 1, count=len(blocks), block=blocks[i],
+                    rules=rules(i))
 
     def judge(todo: list[int], mementos: dict[int, str], stage: str) -> dict[int, Verdict]:
         requests = [ChatRequest([{"role": "system", "content": JUDGE_SYSTEM}, {

@@ -70,7 +70,7 @@ def process_trace(trace: Trace, client, cfg: PipelineConfig, count_tokens) -> di
     summaries = [r.memento for r in results]
     response = render_memento(block_texts, summaries, trace.answer)
     try:
-        check_memento_response(response)  # the SFT reader's check (e.g. mementos too long for their blocks)
+        check_memento_response(response)  # the SFT reader's (e.g. mementos too long for blocks)
     except ValueError as e:
         raise StageFailure("format", str(e)) from e
     memento_tokens = [count_tokens(m) for m in summaries]
@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     def entry(raw) -> None:
         cfg = load_config(OmegaConf.to_container(raw, resolve=True))
         counts = run(cfg)
+        out = Path(cfg.output_dir)
         print(f"memento data: {counts['done']} traces written, {counts['failed']} failed; "
-              f"rows in {Path(cfg.output_dir) / ROWS}, report in {Path(cfg.output_dir) / 'report.md'}")
+              f"rows in {out / ROWS}, report in {out / 'report.md'}")
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -77,7 +77,7 @@ def protected_spans(text: str) -> list[tuple[int, int]]:
 
 
 def cut_points(text: str) -> list[int]:
-    """Candidate sentence starts: after sentence punctuation and at line breaks, outside parentheses.
+    """Candidate sentence starts: after sentence punctuation and at line breaks, not in parentheses.
 
     Parenthesis depth resets at blank lines, so one unclosed "(" cannot glue a whole trace.
     """
@@ -108,7 +108,7 @@ def _next_non_space(text: str, i: int) -> int:
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
-    """`text` with protected characters replaced by NUL (newlines kept), so later passes skip them."""
+    """`text` with protected characters made NUL (newlines kept), so later passes skip them."""
     chars = list(text)
     for a, b in spans:
         for i in range(a, b):
@@ -132,7 +132,7 @@ def _fences(text: str) -> list[tuple[int, int]]:
 
 
 def _environments(text: str) -> list[tuple[int, int]]:
-    """Outermost `\\begin{name} ... \\end{name}` pairs (same-name nesting counted); unmatched: none."""
+    """Outermost `\\begin{name} ... \\end{name}` pairs (same-name nesting counted)."""
     spans, pos = [], 0
     while (m := _ENV_OPEN.search(text, pos)) is not None:
         name = re.escape(m.group(1))

@@ -12,7 +12,7 @@ Seed selection (the paper's): drop a trace whose `<think>` is not closed, that i
 `min_reasoning_tokens`, or whose CJK share of non-space characters exceeds `max_cjk_fraction`
 (0 by default: any CJK character, as the released pipeline). Reasoning that already contains a
 memento delimiter (or an answer with one) is dropped too: the memento grammar could not be
-parsed back.
+parsed back; so is a trace without a final answer, which the SFT check requires.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def parse_trace(row: dict[str, Any], id_key: str, count_tokens: Callable[[str], 
     tokens = count_tokens(reasoning)
     if tokens < min_reasoning_tokens:
         raise Rejected(f"reasoning has {tokens} tokens < {min_reasoning_tokens}")
+    if not answer.strip():
+        raise Rejected(f"no final answer (no 'answer' and nothing after {THINK_END})")
     trace_id = row.get(id_key)
     if trace_id is None:
         trace_id = hashlib.sha1(f"{problem}\0{reasoning}".encode()).hexdigest()[:16]

@@ -13,17 +13,21 @@ ROOT = Path(__file__).resolve().parents[4]
 
 def test_defaults_are_the_papers_values():
     cfg = PipelineConfig()
-    assert (cfg.segment.min_block_tokens, cfg.segment.cv_weight, cfg.scoring.windows) == (200, 0.5, [16])
-    assert (cfg.mementos.pass_score, cfg.mementos.max_rounds, cfg.mementos.target_ratio) == (8.0, 3, [0.1, 0.2])
+    assert (cfg.segment.min_block_tokens, cfg.segment.cv_weight) == (200, 0.5)
+    assert cfg.scoring.windows == [16] and cfg.mementos.target_ratio == [0.1, 0.2]
+    assert (cfg.mementos.pass_score, cfg.mementos.max_rounds) == (8.0, 3)
+
+
+BASE = {"input_files": ["a.jsonl"], "client": {"model": "m"}}
 
 
 @pytest.mark.parametrize("raw, key", [
     ({"client": {"model": "m"}}, "input_files"),
     ({"input_files": ["a.jsonl"]}, "client.model"),
-    ({"input_files": ["a"], "client": {"model": "m"}, "scoring": {"windows": [1]}}, "scoring.windows"),
-    ({"input_files": ["a"], "client": {"model": "m"}, "segment": {"min_blocks": 3, "max_blocks": 2}},
-     "segment.max_blocks"),
-    ({"input_files": ["a"], "client": {"model": "m", "max_concurrency": 0}}, "client.max_concurrency"),
+    ({**BASE, "scoring": {"windows": [1]}}, "scoring.windows"),
+    ({**BASE, "segment": {"min_blocks": 3, "max_blocks": 2}}, "segment.max_blocks"),
+    ({**BASE, "client": {"model": "m", "max_concurrency": 0}}, "client.max_concurrency"),
+    ({**BASE, "mementos": {"target_ratio": [0.3, 0.1]}}, "mementos.target_ratio"),
 ])
 def test_a_bad_value_names_its_key(raw, key):
     with pytest.raises(ValueError, match=rf"\[{key}\]"):
@@ -32,7 +36,7 @@ def test_a_bad_value_names_its_key(raw, key):
 
 def test_unknown_keys_are_rejected():
     with pytest.raises(ValueError, match="unknown keys \\['windowz'\\]"):
-        load_config({"input_files": ["a"], "client": {"model": "m"}, "scoring": {"windowz": [3]}})
+        load_config({**BASE, "scoring": {"windowz": [3]}})
 
 
 def test_cli_composes_overrides_and_rejects_unknown_keys(tmp_path):

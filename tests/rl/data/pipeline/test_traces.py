@@ -17,7 +17,8 @@ def parse(row, **kw):
 
 def test_plain_row_with_think_tags_takes_the_answer_after_them():
     trace = parse({"id": 7, "problem": " Add. ", "reasoning": f"<think>\n{LONG}</think>\n42"})
-    assert (trace.id, trace.problem, trace.reasoning, trace.answer) == ("7", "Add.", LONG.strip(), "42")
+    assert (trace.id, trace.problem, trace.answer) == ("7", "Add.", "42")
+    assert trace.reasoning == LONG.strip()
     bare = parse({"problem": "Add.", "reasoning": LONG, "answer": "41"})
     assert bare.reasoning == LONG.strip() and bare.answer == "41" and len(bare.id) == 16
 
@@ -40,6 +41,7 @@ def test_openthoughts_conversation_is_read():
     ({"problem": "p", "reasoning": LONG + "答案是四十二"}, "CJK share"),
     ({"problem": "p", "reasoning": LONG + "<|block_end|>"}, "delimiters"),
     ({"problem": "p", "reasoning": LONG, "answer": "x </think>"}, "delimiters"),
+    ({"problem": "p", "reasoning": f"<think>{LONG}</think>  "}, "no final answer"),
     ({"problem": "", "reasoning": LONG}, "no problem"),
     ({"problem": "p"}, "needs 'reasoning'"),
 ])
@@ -49,4 +51,5 @@ def test_seed_selection_rejects_with_the_reason(row, reason):
 
 
 def test_cjk_threshold_admits_a_trace_with_a_few_cjk_characters():
-    assert parse({"problem": "p", "reasoning": LONG + "四十二"}, cjk=0.05).reasoning
+    row = {"problem": "p", "reasoning": LONG + "四十二", "answer": "42"}
+    assert parse(row, cjk=0.05).reasoning
