@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +28,8 @@ def example_response(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["example_response", "example_code", "example_science"])
-def test_real_memento_traces_are_well_formed(name):
-    report = check_format(example_response(name))
+def test_real_memento_traces_are_well_formed_even_in_strict_mode(name):
+    report = check_format(example_response(name), require_think_start=True)
     assert report.well_formed, report.problems
     assert report.blocks >= 4 and 0.05 < report.memento_ratio < 0.3
 
