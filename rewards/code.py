@@ -164,8 +164,8 @@ def _run_one(program: str, fn_name: str | None, test: CodeTest, limits: SandboxL
         mismatch = first_mismatch(result.stdout, str(test.expected))
         if mismatch is None:
             return True, "", False
-        return False, f"wrong output: {len(result.stdout.split())} tokens, expected {len(str(test.expected).split())}, " \
-                      f"first difference at token {mismatch}", False
+        counts = f"{len(result.stdout.split())} tokens, expected {len(str(test.expected).split())}"
+        return False, f"wrong output: {counts}, first difference at token {mismatch}", False
     marker = f"@@memento-result-{secrets.token_hex(8)}@@"
     result = run_python(_CALL_PRELUDE + program + _call_driver(fn_name, test.input, marker), limits=limits)
     if result.status != "ok":

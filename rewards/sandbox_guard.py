@@ -1,6 +1,6 @@
 """Child side of the sandbox: isolate, then run one untrusted Python program.
 
-`rewards.sandbox.run_python` starts this as `python -I -B -c <this file's text> <json>` (the text
+`rewards.sandbox.run_python` starts this as `python -I -S -B -c <this file's text> <json>` (the text
 travels on the command line, so no host path has to be visible inside the sandbox) in its own
 session, with a scrubbed environment, stdin / stdout / stderr on files and the program's source on
 an inherited descriptor. Every layer is required: when one cannot be applied the guard prints why and exits with
@@ -122,6 +122,8 @@ def _make_dev(new_root: str) -> None:
     for name in DEVICES:
         open(f"{dev}/{name}", "w").close()
         _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+        _mount(None, f"{dev}/{name}", None,
+               MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC | _locked_flags(f"/dev/{name}"))
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{dev}/{name}")
@@ -129,7 +131,8 @@ def _make_dev(new_root: str) -> None:
 
 
 def _build_root(config: dict) -> None:
-    new_root, owner = config["mountpoint"], config["run_uid"] if config["run_uid"] is not None else os.getuid()
+    new_root, run_uid = config["mountpoint"], config["run_uid"]
+    owner = "" if run_uid is None else f",uid={run_uid},gid={run_uid}"  # else the namespace's own user
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
     for path in config["visible"]:
@@ -139,7 +142,7 @@ def _build_root(config: dict) -> None:
     _mount("proc", new_root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.mkdir(new_root + WORK_DIR)
     _mount("tmpfs", new_root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700,uid={owner},gid={owner}")
+           f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700{owner}")
     os.chdir(new_root)
     syscall = SYS_PIVOT_ROOT.get(platform.machine())
     if syscall is None:
@@ -179,9 +182,10 @@ def _init_process(config: dict) -> None:
 
 def _drop_privileges(run_uid) -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
-    cap = 0
-    while _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 or ctypes.get_errno() == errno.EPERM:
-        cap += 1  # EINVAL past the last capability; EPERM where bubblewrap already emptied the set
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    for cap in range(last_cap + 1):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EPERM where bubblewrap already emptied the set
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     if run_uid is not None:
         os.setgroups([])
@@ -251,6 +255,7 @@ def _read_source(fd: int) -> str:
 
 
 def _run_program(config: dict) -> None:
+    sys.path.extend(config["site_packages"])  # -S left them out: pyseccomp, and numpy for programs
     try:
         source = _read_source(config["source_fd"])
         os.chdir(WORK_DIR)
@@ -311,6 +316,7 @@ def _install_audit_hook(workdir: str) -> None:
 
 
 def _run_insecure(config: dict) -> None:
+    sys.path.extend(config["site_packages"])
     source = _read_source(config["source_fd"])
     os.chdir(config["workdir"])
     _set_limits(config["limits"])

@@ -4,9 +4,10 @@
 
 Measures, through the same RewardManager the trainer uses: math verifications per second (plain
 integers, which take the numeric fast path, and LaTeX answers, which go through math-verify/sympy),
-next to the same checks run in-process on one core; code samples and sandbox runs per second with
-full isolation and with the audit-hook fallback; and the latency of single hostile inputs, each
-of which should cost at most its configured limit.
+next to the same checks run in-process on one core; code samples and sandbox runs per second at
+every isolation level that works on this host, side by side with level "insecure" (no isolation,
+the floor cost of starting a Python process per test); and the latency of single hostile inputs,
+each of which should cost at most its configured limit.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import time
 
 from rewards.manager import RewardConfig, RewardManager
 from rewards.math import score_math
+from rewards.sandbox import AUTO_ORDER, probe_isolation
 
 LATEX = [("\\frac{1}{2}", "0.5"), ("\\{1,2\\}", "\\{2,1\\}"), ("[1,2)", "[1,2)"), ("(x+1)^2", "x^2+2x+1"),
          ("\\frac{\\sqrt{2}}{2}", "\\sqrt2/2"), ("2\\pi", "6.283185"), ("(1,2,3)", "(1,2,3)"), ("50\\%", "50")]
@@ -41,17 +43,21 @@ def bench_math(manager: RewardManager, n: int) -> None:
 
 
 def bench_code(n: int, workers: int) -> None:
-    truth = json.dumps({"inputs": [f"{i} {i + 1}\n" for i in range(3)], "outputs": [f"{2 * i + 1}\n" for i in range(3)]})
+    truth = json.dumps({"inputs": [f"{i} {i + 1}\n" for i in range(3)],
+                        "outputs": [f"{2 * i + 1}\n" for i in range(3)]})
     response = "</think>```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    levels = [level for level in AUTO_ORDER if probe_isolation(level) is None] + ["insecure"]
     rates = {}
-    for isolation in ("auto", "audit"):
+    for isolation in levels:
         with RewardManager(RewardConfig(code_workers=workers, sandbox_isolation=isolation)) as manager:
+            manager.score([response] * workers, ["codecontests"] * workers, [truth] * workers, None)  # warm up
             seconds = timed(lambda: manager.score([response] * n, ["codecontests"] * n, [truth] * n, None))
         rates[isolation] = n / seconds
-        print(f"code {isolation:8} {n / seconds:8.1f} samples/s ({3 * n / seconds:.1f} sandbox runs/s) "
-              f"with {workers} concurrent sandboxes")
-    print(f"code isolation cost: namespaces run at {rates['auto'] / rates['audit']:.2f}x the fallback's rate")
-    print(f"RESULT code_samples_per_second {rates['auto']:.2f} 1/s {workers} sandboxes, 3 tests each")
+        print(f"code {isolation:10} {n / seconds:8.2f} samples/s ({3 * n / seconds:.1f} sandbox runs/s) "
+              f"with {workers} concurrent sandboxes, {rates[isolation] / rates.get('insecure', rates[isolation]):.2f}x")
+    for isolation in levels:
+        print(f"RESULT code_samples_per_second_{isolation} {rates[isolation]:.2f} 1/s {workers} sandboxes, "
+              f"3 tests each, {rates[isolation] / rates['insecure']:.2f}x insecure")
 
 
 HOSTILE = {
@@ -63,6 +69,11 @@ HOSTILE = {
                                 "    except OSError: pass\n```", None),
     "code: memory bomb": ("apps", "</think>```python\nx = bytearray(8 << 30)\n```", None),
     "code: stdout flood": ("apps", "</think>```python\nwhile True: print('x' * 4096)\n```", None),
+    "code: 12 x 16 MiB files": ("apps", "</think>```python\nfor i in range(12):\n    open(str(i), 'wb')"
+                                       ".write(bytes(16 << 20))\n```", None),
+    "code: 8 threads of 700 MiB": ("apps", "</think>```python\nimport threading\nts = [threading.Thread("
+                                           "target=lambda: bytearray(700 << 20)) for _ in range(8)]\n"
+                                           "[t.start() for t in ts]; [t.join() for t in ts]\n```", None),
 }
 
 
@@ -75,7 +86,7 @@ def bench_hostile(manager: RewardManager) -> None:
         seconds = time.monotonic() - start
         worst = max(worst, seconds)
         print(f"hostile {name:36} {seconds:6.2f}s score={batch.scores[0]} verdict={batch.infos[0].verdict}")
-    print(f"RESULT hostile_worst_latency {worst:.2f} s slowest hostile input to score")
+    print(f"RESULT hostile_worst_latency {worst:.2f} s slowest hostile input to score ({manager.sandbox_isolation})")
     print(f"worst-case hostile latency {worst:.2f}s (limits: math {manager.config.math_timeout_seconds}s, "
           f"code {manager.config.code_test_seconds}s per test)")
 

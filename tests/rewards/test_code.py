@@ -120,3 +120,39 @@ def test_megabyte_of_unclosed_fences_is_scanned_in_linear_time():
 
 def test_code_in_another_language_is_not_run():
     assert extract_program("</think>```cpp\nint main() {}\n```") is None
+
+
+def _stdout_tests(expected: str) -> CodeTests:
+    return parse_tests({"inputs": [""], "outputs": [expected]}, None)
+
+
+@pytest.mark.parametrize("printed,expected,verdict", [
+    ("1000000006", "1000000007", "wrong"),  # within 1e-6 of each other: accepted before
+    ("1000000007.0", "1000000007", "correct"),
+    ("9" * 400 + "8", "9" * 401, "wrong"),
+    ("9" * 401, "9" * 401, "correct"),
+    ("0.30000000000000004", "0.3", "correct"),
+    ("0.3001", "0.3", "wrong"),
+])
+def test_integer_tokens_compare_exactly_and_decimals_within_tolerance(printed, expected, verdict):
+    response = f"</think>```python\nprint({printed!r})\n```"
+    result = score_code(response, _stdout_tests(expected), LIMITS, partial_credit=False, max_seconds=30)
+    assert result.verdict == verdict
+
+
+def test_function_return_values_compare_exactly_for_integers():
+    tests = parse_tests({"fn_name": "f", "inputs": [[]], "outputs": [[1000000007]]}, None)
+    wrong = "</think>```python\ndef f():\n    return 1000000006\n```"
+    close = "</think>```python\ndef f():\n    return 0.1 + 0.2\n```"
+    assert score_code(wrong, tests, LIMITS, partial_credit=False, max_seconds=30).verdict == "wrong"
+    tests = parse_tests({"fn_name": "f", "inputs": [[]], "outputs": [0.3]}, None)
+    assert score_code(close, tests, LIMITS, partial_credit=False, max_seconds=30).verdict == "correct"
+
+
+@pytest.mark.parametrize("program", ["print('leaked-secret', 777776)", "raise ValueError('leaked-secret 777777')",
+                                     "import sys; sys.stderr.write('leaked-secret 777777'); sys.exit(3)"])
+def test_failure_message_never_holds_program_or_expected_output(program):
+    response = f"</think>```python\n{program}\n```"
+    result = score_code(response, _stdout_tests("777777"), LIMITS, partial_credit=False, max_seconds=30)
+    assert result.verdict == "wrong" and result.first_failure
+    assert "leaked-secret" not in result.first_failure and "777777" not in result.first_failure

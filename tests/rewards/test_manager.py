@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from rewards.format import BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START
 from rewards.manager import RewardConfig, RewardManager
+from rewards.sandbox import SandboxUnavailable, resolve_isolation
 
 FAST = dict(math_workers=2, math_timeout_seconds=2.0, code_workers=2, code_test_seconds=2.0, code_sample_seconds=10)
 POWER_TOWER = "</think>\\boxed{9^{9^{9^{9}}}}"
@@ -146,7 +147,8 @@ def test_bad_custom_function_path_fails_at_construction(spec):
 
 
 @pytest.mark.parametrize("key,value", [("math_workers", 0), ("math_timeout_seconds", -1), ("code_max_tests", 0),
-                                       ("format_penalty", -0.1), ("sandbox_isolation", "none")])
+                                       ("format_penalty", -0.1), ("sandbox_isolation", "none"),
+                                       ("sandbox_isolation", "audit")])
 def test_config_errors_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):
         RewardConfig(**{key: value})
@@ -172,3 +174,47 @@ def test_close_leaves_no_processes():
     manager.close()
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == []
+
+
+def test_isolation_in_use_is_probed_once_and_recorded(manager):
+    assert manager.sandbox_isolation == resolve_isolation("auto") != "insecure"
+    batch = manager.score(["</think>\\boxed{1}"], ["math"], ["1"], None)
+    assert batch.metrics["reward/sandbox_insecure"] == 0.0
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="as root the user-namespace level cannot work")
+def test_code_scoring_refuses_when_no_sandbox_works(caplog):
+    with RewardManager(RewardConfig(**FAST, sandbox_isolation="userns")) as manager:
+        assert manager.sandbox_isolation is None
+        assert "code rewards are disabled" in caplog.text
+        assert manager.score(["</think>\\boxed{1}"], ["math"], ["1"], None).scores == [1.0]  # others still work
+        with pytest.raises(SandboxUnavailable, match="Fix:"):
+            manager.score(["</think>```python\nprint(1)\n```"], ["apps"], [REVERSE_TESTS])
+
+
+def test_insecure_sandbox_warns_once_and_is_flagged_every_batch(caplog):
+    with RewardManager(RewardConfig(**FAST, sandbox_isolation="insecure")) as manager:
+        batches = [manager.score(["</think>```python\nprint(input()[::-1])\n```"], ["apps"], [REVERSE_TESTS])
+                   for _ in range(2)]
+    assert [b.scores for b in batches] == [[1.0], [1.0]]
+    assert all(b.metrics["reward/sandbox_insecure"] == 1.0 for b in batches)
+    assert sum("WITHOUT isolation" in r.message for r in caplog.records) == 1
+
+
+def test_wrong_answers_close_to_the_truth_score_zero(manager):
+    code_truth = json.dumps({"inputs": [""], "outputs": ["1000000007"]})
+    batch = manager.score(
+        ["</think>#### 1000001", "</think>\\boxed{123456700}", "</think>the answer is a bit unclear; maybe B",
+         "</think>```python\nprint(1000000006)\n```", "</think>\\boxed{" + "3" * 401 + "}"],
+        ["openai/gsm8k", "math", "gpqa", "apps", "aime"],
+        ["1000000", "123456789", "A", code_truth, "3" * 401])
+    assert batch.scores == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert batch.metrics["reward/errors"] == 0  # the 401-digit answer is not a verifier_error
+
+
+def test_program_output_never_reaches_the_reward_info(manager):
+    truth = json.dumps({"inputs": ["x\n"], "outputs": ["expected-answer-31337"]})
+    program = "</think>```python\nprint('policy-secret', 'expected-answer-31337')\n```"
+    batch = manager.score([program], ["apps"], [truth])
+    info = batch.infos[0]
+    assert info.score == 0.0 and "policy-secret" not in info.message and "31337" not in info.message

@@ -10,9 +10,11 @@ from rewards.math import answer_section, extract_answer, last_boxed, math_equal,
 
 # (prediction, ground truth) pairs that must be judged equivalent, grouped by answer kind
 EQUIVALENT = {
-    "integer": [("504", "504"), ("504.0", "504"), ("1,000", "1000"), ("10^{10}", "10000000000"), ("-3", "-3")],
+    "integer": [("504", "504"), ("504.0", "504"), ("1,000", "1000"), ("10^{10}", "10000000000"), ("-3", "-3"),
+                ("1e3", "1000"), ("7" * 401, "7" * 401)],
     "fraction": [("\\frac{1}{2}", "1/2"), ("\\dfrac{3}{4}", "\\frac34"), ("0.5", "\\frac{1}{2}"), ("2/4", "1/2")],
-    "decimal": [("0.75", "\\frac{3}{4}"), ("0.50", "0.5"), ("0.333333", "\\frac{1}{3}"), ("6.283185", "2\\pi")],
+    "decimal": [("0.75", "\\frac{3}{4}"), ("0.50", "0.5"), ("0.333333", "\\frac{1}{3}"), ("6.283185", "2\\pi"),
+                ("0.3333333", "0.333333"), ("2.5e-3", "0.0025")],
     "latex": [("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"), ("(x+1)^2", "x^2+2x+1"), ("\\infty", "\\infty"),
               ("\\text{(C)}", "C"), ("x=3", "3")],
     "set": [("\\{2,1\\}", "\\{1,2\\}"), ("3,2", "2,3"), ("\\{1,2\\}", "1 \\text{ and } 2")],
@@ -22,7 +24,8 @@ EQUIVALENT = {
     "percentage": [("50\\%", "50\\%"), ("50", "50\\%"), ("0.5", "50\\%"), ("50%", "50")],
 }
 NEAR_MISSES = {
-    "integer": [("503", "504"), ("3", "-3"), ("5040", "504")],
+    "integer": [("503", "504"), ("3", "-3"), ("5040", "504"), ("1000001", "1000000"), ("123456700", "123456789"),
+                ("1000000.5", "1000000"), ("7" * 400 + "8", "7" * 401)],
     "fraction": [("\\frac{1}{3}", "\\frac{1}{2}"), ("\\frac{2}{1}", "\\frac{1}{2}")],
     "decimal": [("0.33", "\\frac{1}{3}"), ("0.76", "\\frac{3}{4}")],
     "latex": [("2\\pi r", "2\\pi"), ("(x-1)^2", "x^2+2x+1"), ("-\\infty", "\\infty")],
@@ -66,6 +69,9 @@ def test_near_misses_are_wrong(pred, gold):
     ("</think>  (A)  ", "choice", "A"),
     ("</think>A or B, hard to say", "choice", None),
     ("</think>\\boxed{CD}", "choice", None),
+    ("</think>the answer is a bit unclear; maybe B", "choice", None),  # "a" is an article, not option A
+    ("</think>The answer is b.", "choice", "B"),
+    ("</think>b", "choice", None),
 ])
 def test_extract_answer(response, style, expected):
     assert extract_answer(response, style) == expected
@@ -135,3 +141,9 @@ def test_megabyte_of_unbalanced_boxes_is_extracted_in_linear_time():
     start = time.monotonic()
     assert extract_answer(response, "math") == "7"
     assert time.monotonic() - start < 10.0  # a quadratic scan takes minutes here
+
+
+def test_a_401_digit_answer_is_scored_without_overflow():
+    gold = "9" * 401
+    assert score_math(f"</think>\\boxed{{{gold}}}", gold, "math").correct
+    assert not score_math(f"</think>\\boxed{{{gold[:-1]}8}}", gold, "number").correct
