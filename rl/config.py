@@ -25,6 +25,8 @@ from rewards.manager import RewardConfig
 from rl.algo_config import AlgoConfig
 from rollout.layout import MementoConfig
 
+Dtype = Literal["float32", "bfloat16", "float16"]  # weights and compute of a policy
+
 
 @dataclass
 class MementoOptions:
@@ -39,17 +41,17 @@ class MementoOptions:
     keep_last_block_for_answer: bool = False
 
     def __post_init__(self) -> None:
-        if self.keep_last_n_blocks < -1:
-            raise ValueError(f"keep_last_n_blocks must be >= -1, got {self.keep_last_n_blocks}")
-        if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
-            raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0")
+        MementoConfig(0, 1, 2, 3, **self.layout_options())  # its checks, on stand-in token ids
+
+    def layout_options(self) -> dict[str, bool | int]:
+        """The eviction options as MementoConfig (and the engine) take them."""
+        return {"mask_delimiters": self.mask_delimiters,
+                "keep_last_n_blocks": self.keep_last_n_blocks,
+                "keep_last_block_for_answer": self.keep_last_block_for_answer}
 
     def layout(self, tokenizer) -> MementoConfig:
         """The layout these options give with the tokenizer's memento token ids."""
-        return MementoConfig.from_tokenizer(
-            tokenizer, mask_delimiters=self.mask_delimiters,
-            keep_last_n_blocks=self.keep_last_n_blocks,
-            keep_last_block_for_answer=self.keep_last_block_for_answer)
+        return MementoConfig.from_tokenizer(tokenizer, **self.layout_options())
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ModelConfig:
     """path: a Hugging Face checkpoint directory, or "tiny" to build the in-repo tiny model."""
 
     path: str = "tiny"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Dtype = "float32"
     memento: MementoOptions = field(default_factory=MementoOptions)
 
 
@@ -119,21 +121,38 @@ class ActorConfig:
 
 @dataclass
 class RefConfig:
-    """Frozen reference policy; started only when a KL term needs it."""
+    """Frozen reference policy; started only when a KL term needs it. Its micro-batches take the
+    actor's token budget (actor.ppo_max_token_len_per_gpu)."""
 
-    log_prob_max_token_len_per_gpu: int = 8192
     cpus_per_worker: float = 1.0
 
 
 @dataclass
-class RolloutConfig:
-    """Sampling and the memento engine (one vLLM engine per replica)."""
+class SamplingConfig:
+    """How responses are sampled: in RL (`actor_rollout_ref.rollout`) and in evaluation."""
 
-    n: int = 4
+    n: int = 4  # samples per prompt
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1
+    top_k: int = -1  # -1 or 0: off
     max_block_tokens: int = 0  # force <|block_end|> when an open block reaches this (0: off)
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1 or self.max_block_tokens < 0:
+            raise ValueError(f"top_k must be >= -1 and max_block_tokens >= 0, got {self.top_k} "
+                             f"and {self.max_block_tokens}")
+
+
+@dataclass
+class RolloutConfig(SamplingConfig):
+    """Sampling (the SamplingConfig keys) and the memento engine (one vLLM engine per replica)."""
+
     num_replicas: int = 1
     tensor_model_parallel_size: int = 1
     gpu_memory_utilization: float = 0.1  # on the CPU build: share of RAM for the KV cache
@@ -148,12 +167,9 @@ class RolloutConfig:
     in_process: bool = True
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.temperature <= 0:
+        super().__post_init__()
+        if self.temperature <= 0:  # the trainer scores log-probs at this temperature
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
                              f"{self.gpu_memory_utilization}")
@@ -247,10 +263,12 @@ class Config:
         return self.algorithm.use_kl_loss or self.algorithm.use_kl_in_reward
 
 
-def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
+def from_dict(cls: type, values: Any, prefix: str = "", base: Any = None) -> Any:
     """Build dataclass `cls` from a plain mapping, recursing into nested dataclasses.
 
-    Unknown keys and wrong types raise, naming the full dotted key.
+    Unknown keys and wrong types raise, naming the full dotted key. Keys left out keep the
+    values of `base`, and inside a nested section those of the field's own default (evaluation's
+    `sampling` defaults are the paper's, not SamplingConfig's); else the class defaults.
     """
     if not isinstance(values, dict):
         raise TypeError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
@@ -259,11 +277,15 @@ def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown key {prefix}{unknown[0]} (known keys there: {sorted(known)})")
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {} if base is None else {name: getattr(base, name) for name in fields}
     for name, value in values.items():
         hint, key = hints[name], f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value, key + ".")
+            inner = kwargs.get(name)
+            if inner is None and fields[name].default_factory is not dataclasses.MISSING:
+                inner = fields[name].default_factory()
+            kwargs[name] = from_dict(hint, value, key + ".", inner)
         elif not matches(value, hint):
             raise TypeError(f"{key} must be {describe(hint)}, got {value!r} ({type(value).__name__})")
         else:
@@ -271,8 +293,10 @@ def from_dict(cls: type, values: Any, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        # __post_init__ messages start with the bare key; give it its full dotted path.
-        raise type(err)(f"{prefix}{err}") from None
+        # __post_init__ messages start with the bare key; give it its full dotted path, unless
+        # the message names it already, verl style ("[reward.math_workers] must be > 0").
+        named = str(err).startswith(f"[{prefix}")
+        raise type(err)(str(err) if named else f"{prefix}{err}") from None
 
 
 def matches(value: Any, hint: Any) -> bool:

@@ -27,7 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from rl.config import Config, OptimConfig, from_dict, run_hydra
+from rl.config import (ActorConfig, Config, ModelConfig, OptimConfig, SamplingConfig, from_dict,
+                       run_hydra)
 from rl.data.arith import ArithConfig, state_memento_share, write_arith_datasets
 from rl.eval.evaluate import EvalConfig, evaluate
 from rl.sft.train import SFTConfig, run_sft
@@ -96,14 +97,15 @@ def run_demo(cfg: DemoConfig) -> None:
     # 3. two-stage SFT
     # Training ranks get every core (Ray then sets their torch threads); the phases run in turn.
     cpus = float(os.cpu_count() or 1)
+    actor = ActorConfig(cpus_per_worker=cpus, ppo_max_token_len_per_gpu=8192,
+                        optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=10,
+                                          lr_scheduler_type=cfg.sft_lr_scheduler, min_lr_ratio=0.1))
     common = dict(train_files=[str(files.sft_train)], val_files=[str(sft_val)], max_length=512,
-                  cpus_per_worker=cpus,
-                  batch_size=cfg.sft_batch_size, max_tokens_per_micro_batch=8192, seed=cfg.seed,
-                  optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=10,
-                                    lr_scheduler_type=cfg.sft_lr_scheduler, min_lr_ratio=0.1))
-    stage1 = run_sft(SFTConfig(model_path=str(model_dir), stage="full", output_dir=str(out / "sft_full"),
+                  batch_size=cfg.sft_batch_size, seed=cfg.seed, actor=actor)
+    stage1 = run_sft(SFTConfig(model=ModelConfig(path=str(model_dir)), stage="full",
+                               output_dir=str(out / "sft_full"),
                                epochs=100, max_steps=cfg.sft_steps_full, eval_every=50, **common))
-    stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
+    stage2 = run_sft(SFTConfig(model=ModelConfig(path=str(stage1.best_dir)), stage="memento",
                                output_dir=str(out / "sft_memento"), epochs=100,
                                max_steps=cfg.sft_steps_memento, eval_every=25, **common))
     stamp(started, f"SFT done: stage 1 val loss {stage1.best_val_loss:.4f}, "
@@ -163,8 +165,9 @@ def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) 
     """pass@1 on the held-out problems through the memento engine, with its KV counters."""
     summary = evaluate(EvalConfig(
         model_path=str(model_dir), benchmark_files=[str(rl_val)], output_dir=str(out_dir),
-        n=cfg.eval_samples,
-        temperature=cfg.eval_temperature, top_p=1.0, top_k=0, max_tokens=cfg.max_response_length,
+        sampling=SamplingConfig(n=cfg.eval_samples, temperature=cfg.eval_temperature, top_p=1.0,
+                                top_k=0),
+        max_tokens=cfg.max_response_length,
         seed=cfg.seed + 1, dtype="float32", kv_cache_memory_bytes=512 << 20, save_responses=True))
     records = [json.loads(line) for line in (out_dir / "problems.jsonl").read_text().splitlines()]
     responses = [r for rec in records for r in rec["responses"]]

@@ -66,7 +66,7 @@ class MementoConfig:
         if self.keep_last_n_blocks < -1:
             raise ValueError(f"keep_last_n_blocks must be >= -1, got {self.keep_last_n_blocks}")
         if self.keep_last_block_for_answer and self.keep_last_n_blocks != 0:
-            raise ValueError("keep_last_block_for_answer=True requires keep_last_n_blocks=0, "
+            raise ValueError("keep_last_block_for_answer requires keep_last_n_blocks=0, "
                              f"got keep_last_n_blocks={self.keep_last_n_blocks}")
 
     @classmethod

@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from rl.data.arith import resolve_files
 from rl.data.rows import DataError, OnBadRow, parse_files
@@ -194,10 +194,6 @@ class PromptLoader:
             self.batch_in_epoch = 0
             self._order = self._epoch_order(self.epoch)
         return batch
-
-    def __iter__(self) -> Iterator[list[PromptExample]]:
-        while True:
-            yield self.next_batch()
 
     def state_dict(self) -> dict[str, int | bool]:
         """JSON-able position plus what it depends on (checked on load)."""

@@ -38,21 +38,27 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
 from rewards.manager import RewardConfig, RewardManager
-from rl.config import MementoOptions
+from rl.config import Dtype, MementoOptions, SamplingConfig
 from rl.data.prompts import PromptRow, parse_prompt_row
 from rl.data.rows import DataError, read_rows
 from rl.eval.metrics import accuracy_metrics, default_ks
 from rollout.layout import MementoConfig, evict_at, kv_bytes_per_token, kv_stats, memento_stats
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # per Dtype
 # Keys that may change between a run and its resumption without mixing incomparable results.
 RESUMABLE_KEYS = ("output_dir", "chunk_size", "max_num_seqs", "gpu_memory_utilization",
                   "kv_cache_memory_bytes")
+
+
+def paper_sampling() -> SamplingConfig:
+    """The paper's protocol: temperature 0.6, top-p 0.95, top-k 20 (it draws 64 samples per
+    competition problem and 2 for MATH-500 / GPQA; 8 here by default)."""
+    return SamplingConfig(n=8, temperature=0.6, top_p=0.95, top_k=20)
 
 
 @dataclass
@@ -62,19 +68,16 @@ class EvalConfig:
     model_path: str = ""  # Hugging Face checkpoint directory (required)
     benchmark_files: list[str] = field(default_factory=list)  # .jsonl / .parquet (required)
     output_dir: str = "outputs/eval"
-    n: int = 8  # samples per problem
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20  # 0: off
+    # sampling.n samples per problem; sampling.max_block_tokens: the block-length cap
+    sampling: SamplingConfig = field(default_factory=paper_sampling)
     max_tokens: int = 32000  # new tokens per response
     seed: int = 0  # sample j of problem i (file order) gets seed + i * n + j
     instruction: str = "Put your final answer in \\boxed{}."  # appended to simple rows' problem
     memento: MementoOptions = field(default_factory=MementoOptions)  # enable=false: the control
     restart_mode: bool = False  # the paper's restart ablation (keep_last_n_blocks=0 only)
-    max_block_tokens: int = 0  # block-length cap: force <|block_end|> at this many tokens (0: off)
     chunk_size: int = 16  # problems per engine call and per append to problems.jsonl
     save_responses: bool = False  # store each response's text in problems.jsonl
-    dtype: str = "auto"
+    dtype: Literal["auto"] | Dtype = "auto"
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85  # on the CPU build vLLM reads it as a share of RAM
     kv_cache_memory_bytes: int | None = None  # size the KV cache directly (CPU build)
@@ -82,13 +85,9 @@ class EvalConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def __post_init__(self) -> None:
-        for key in ("n", "max_tokens", "chunk_size", "tensor_parallel_size", "max_num_seqs"):
+        for key in ("max_tokens", "chunk_size", "tensor_parallel_size", "max_num_seqs"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.temperature < 0 or self.top_k < 0 or self.max_block_tokens < 0:
-            raise ValueError("temperature, top_k and max_block_tokens must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.dtype not in ("auto", *DTYPE_BYTES):
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPE_BYTES)}, "
                              f"got {self.dtype!r}")
@@ -153,9 +152,9 @@ def load_benchmarks(files: Sequence[str], tokenizer, instruction: str) -> list[P
 def check_or_write_config(cfg: EvalConfig, out: Path) -> None:
     """Write config.json, or refuse to resume when it records a different evaluation."""
     path = out / "config.json"
-    mine = asdict(cfg)
+    mine = dotted(asdict(cfg))
     if path.exists():
-        theirs = json.loads(path.read_text())
+        theirs = dotted(json.loads(path.read_text()))
         changed = sorted(k for k in set(mine) | set(theirs)
                          if k not in RESUMABLE_KEYS and mine.get(k) != theirs.get(k))
         if changed:
@@ -163,7 +162,18 @@ def check_or_write_config(cfg: EvalConfig, out: Path) -> None:
                              f"{theirs.get(changed[0])!r} there, {mine.get(changed[0])!r} now); "
                              "use another output_dir or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(mine, indent=2))
+    path.write_text(json.dumps(asdict(cfg), indent=2))
+
+
+def dotted(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"sampling.n": 8, ...}, so a difference names its key."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def read_finished(path: Path) -> dict[str, dict]:
@@ -304,7 +314,7 @@ def build_engine(cfg: EvalConfig, max_model_len: int):
 
     memento = None
     if cfg.memento.enable:
-        memento = {k: v for k, v in asdict(cfg.memento).items() if k != "enable"}
+        memento = cfg.memento.layout_options()
     extra = {} if cfg.kv_cache_memory_bytes is None else {
         "kv_cache_memory_bytes": cfg.kv_cache_memory_bytes}
     return MementoEngine(cfg.model_path, memento, restart_mode=cfg.restart_mode,
@@ -356,13 +366,14 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
                 total=len(problems), initial=len(problems) - len(todo), unit="problem",
                 desc=f"eval {out.name}") as bar:
             for chunk in chunks(todo, cfg.chunk_size):
-                sampling = Sampling(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    top_k=cfg.top_k, max_tokens=cfg.max_tokens,
-                                    seed=cfg.seed + chunk[0].position * cfg.n,
-                                    max_block_tokens=cfg.max_block_tokens,
+                s = cfg.sampling
+                sampling = Sampling(n=s.n, temperature=s.temperature, top_p=s.top_p,
+                                    top_k=max(s.top_k, 0), max_tokens=cfg.max_tokens,
+                                    seed=cfg.seed + chunk[0].position * s.n,
+                                    max_block_tokens=s.max_block_tokens,
                                     **(sampling_hooks or {}))
                 samples = engine.generate([p.prompt_ids for p in chunk], sampling)
-                records = score_chunk(chunk, samples, cfg.n, tokenizer, rewards, layout,
+                records = score_chunk(chunk, samples, s.n, tokenizer, rewards, layout,
                                       cfg.save_responses)
                 append_records(results_path, records)
                 finished.update((r["id"], r) for r in records)
@@ -371,6 +382,6 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
     records = [finished[p.id] for p in problems]
     bytes_per_token = model_kv_bytes_per_token(cfg.model_path, cfg.dtype)
     summary = {"config": asdict(cfg), "kv_bytes_per_token": bytes_per_token,
-               "benchmarks": summarize(records, cfg.n, bytes_per_token)}
+               "benchmarks": summarize(records, cfg.sampling.n, bytes_per_token)}
     write_report(out, summary, records)
     return summary

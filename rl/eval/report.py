@@ -32,13 +32,15 @@ def write_report(out: Path, summary: dict, records: list[dict]) -> None:
 
 def markdown(summary: dict) -> str:
     cfg = summary["config"]
+    sampling = cfg["sampling"]
     mode = ("control (plain vLLM)" if not cfg["memento"]["enable"]
             else "memento, restart ablation" if cfg["restart_mode"] else "memento")
     lines = [
         f"# Evaluation of `{cfg['model_path']}`", "",
         f"Mode: {mode}; keep_last_n_blocks={cfg['memento']['keep_last_n_blocks']}, "
-        f"max_block_tokens={cfg['max_block_tokens']}. Sampling: n={cfg['n']}, "
-        f"temperature={cfg['temperature']}, top_p={cfg['top_p']}, top_k={cfg['top_k']}, "
+        f"max_block_tokens={sampling['max_block_tokens']}. Sampling: n={sampling['n']}, "
+        f"temperature={sampling['temperature']}, top_p={sampling['top_p']}, "
+        f"top_k={sampling['top_k']}, "
         f"max_tokens={cfg['max_tokens']}, seed={cfg['seed']}. "
         f"KV bytes per token: {summary['kv_bytes_per_token']}.", "",
         "## Accuracy", "",
@@ -92,7 +94,7 @@ def plot_accuracy(path: Path, summary: dict) -> None:
     plt, (fig, ax) = _figure()
     names = list(summary["benchmarks"])
     stats = [summary["benchmarks"][b] for b in names]
-    n = summary["config"]["n"]
+    n = summary["config"]["sampling"]["n"]
     x = range(len(names))
     ax.bar([i - 0.2 for i in x], [100 * s["pass@1"] for s in stats], 0.4,
            yerr=[100 * s["pass@1_se"] for s in stats], capsize=3, label="pass@1 (+- SE)")

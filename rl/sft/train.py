@@ -27,31 +27,36 @@ import numpy as np
 from rl.algo_config import AlgoConfig
 from rl.batch import RolloutBatch, make_micro_batches, make_mini_batches
 from rl.checkpoint import resolve_model_path
-from rl.config import ActorConfig, MementoOptions, ModelConfig, OptimConfig
+from rl.config import ActorConfig, ModelConfig, OptimConfig
 from rl.data.arith import resolve_files
 from rl.data.sft_dataset import SFTDataset, SFTSample
 from rollout.layout import MementoConfig
 
 
+def sft_actor() -> ActorConfig:
+    return ActorConfig(optim=OptimConfig(lr=8e-5))
+
+
 @dataclass
 class SFTConfig:
-    model_path: str = "tiny"
+    """One SFT stage. `model` and `actor` are the RL trainer's sections of the same name
+    (`actor_rollout_ref.model` / `.actor`): the checkpoint to start from ("tiny" builds the
+    tiny model), its dtype and memento options (stage 2's layout); the DeepSpeed ranks, the token
+    budget of one packed micro-batch (`actor.ppo_max_token_len_per_gpu`) and the optimizer. The
+    actor's PPO keys (ppo_mini_batch_size, ppo_epochs) play no part here: batch_size and epochs do.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=sft_actor)
     stage: Literal["full", "memento"] = "full"
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     output_dir: str = "outputs/sft"
-    memento: MementoOptions = field(default_factory=MementoOptions)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int = 512
     epochs: int = 1
     max_steps: int = 0  # stop after this many optimizer steps (0: run every epoch)
     batch_size: int = 16  # sequences per optimizer step
-    max_tokens_per_micro_batch: int = 4096
     eval_every: int = 20  # optimizer steps between validations (and at the end)
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0  # Ray CPUs per rank; on CPU also its torch thread count
-    zero_stage: int = 0
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=8e-5))
     device: Literal["cpu", "cuda"] = "cpu"
     seed: int = 0
 
@@ -61,9 +66,9 @@ class SFTConfig:
         for key in ("max_length", "epochs", "batch_size", "eval_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_tokens_per_micro_batch < self.max_length:
-            raise ValueError(f"max_tokens_per_micro_batch ({self.max_tokens_per_micro_batch}) must "
-                             f"hold one sequence of max_length ({self.max_length})")
+        if self.actor.ppo_max_token_len_per_gpu < self.max_length:
+            raise ValueError(f"actor.ppo_max_token_len_per_gpu ({self.actor.ppo_max_token_len_per_gpu})"
+                             f" must hold one sequence of max_length ({self.max_length})")
 
 
 @dataclass
@@ -87,9 +92,9 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
 
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model_path(cfg.model_path, out)
+    model_path = resolve_model_path(cfg.model.path, out)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    layout = cfg.memento.layout(tokenizer) if cfg.stage == "memento" else None
+    layout = cfg.model.memento.layout(tokenizer) if cfg.stage == "memento" else None
     train = SFTDataset(resolve_files(cfg.train_files, out / "data"), tokenizer, cfg.max_length)
     val = (SFTDataset(resolve_files(cfg.val_files, out / "data"), tokenizer, cfg.max_length)
            if cfg.val_files else None)
@@ -98,13 +103,13 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
     steps_total = cfg.epochs * (len(train) // cfg.batch_size)
     if cfg.max_steps:
         steps_total = min(steps_total, cfg.max_steps)
-    optim = cfg.optim if cfg.optim.total_steps else dataclasses.replace(cfg.optim, total_steps=steps_total)
-    actor_cfg = ActorConfig(num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
-                            zero_stage=cfg.zero_stage,
-                            ppo_max_token_len_per_gpu=cfg.max_tokens_per_micro_batch, optim=optim)
+    actor = cfg.actor
+    if not actor.optim.total_steps:  # a decaying schedule spans this stage's optimizer steps
+        actor = dataclasses.replace(actor, optim=dataclasses.replace(actor.optim,
+                                                                     total_steps=steps_total))
     cluster.init_ray(None)
     group = cluster.spawn_policy_group(f"sft-{cfg.stage}", model_path,
-                                       ModelConfig(path=model_path, dtype=cfg.dtype), actor_cfg,
+                                       dataclasses.replace(cfg.model, path=model_path), actor,
                                        AlgoConfig(), True, cfg.device, cfg.seed)
     rng = random.Random(cfg.seed)
     best_dir, best, history, step = out / "best", float("inf"), [], 0
@@ -117,7 +122,7 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
                     break
                 batch = to_batch([train[i] for i in order[start:start + cfg.batch_size]], layout)
                 per_rank = make_mini_batches(batch, [np.arange(len(batch))],
-                                             cfg.max_tokens_per_micro_batch, len(group))
+                                             cfg.actor.ppo_max_token_len_per_gpu, len(group))
                 metrics = group.call_each("sft_update", [(minis,) for minis in per_rank])
                 step += 1
                 record = {"step": step, "loss": float(np.mean([m["sft_loss"] for m in metrics])),
@@ -142,7 +147,7 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
 def validation_loss(group, data: SFTDataset, layout: MementoConfig | None, cfg: SFTConfig) -> float:
     """Token-mean NLL of the completion tokens under the stage's layout."""
     batch = to_batch([data[i] for i in range(len(data))], layout)
-    per_rank = make_micro_batches(batch, cfg.max_tokens_per_micro_batch, len(group))
+    per_rank = make_micro_batches(batch, cfg.actor.ppo_max_token_len_per_gpu, len(group))
     results = group.call_each("compute_logprobs", [(mbs, 1.0) for mbs in per_rank])
     total, count = 0.0, 0
     for mbs, outs in zip(per_rank, results):

@@ -97,7 +97,7 @@ def test_schema_defaults_do_not_build_the_schema():
     from rl.sft.train import SFTConfig
 
     values = schema_defaults(SFTConfig)
-    assert values["train_files"] == [] and values["optim"]["lr"] == 8e-5
+    assert values["train_files"] == [] and values["actor"]["optim"]["lr"] == 8e-5
     assert schema_defaults(Config) == asdict(Config())
 
 
@@ -113,8 +113,39 @@ def test_run_hydra_builds_the_schema_from_the_yaml_and_overrides(tmp_path):
 
     built = []
     run_hydra("sft", SFTConfig, built.append,
-              [f"output_dir={tmp_path}", "optim.lr=1e-4", "max_steps=3",
+              [f"output_dir={tmp_path}", "actor.optim.lr=1e-4", "max_steps=3",
                "hydra/job_logging=none", "hydra/hydra_logging=none"])
     (cfg,) = built
-    assert isinstance(cfg, SFTConfig) and cfg.optim.lr == 1e-4 and cfg.max_steps == 3
+    assert isinstance(cfg, SFTConfig) and cfg.actor.optim.lr == 1e-4 and cfg.max_steps == 3
     assert cfg.train_files == ["builtin:arith_sft"]  # from conf/sft.yaml
+
+
+def test_a_message_that_names_its_key_gets_no_second_prefix():
+    raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(compose_config()),
+                                                 OmegaConf.create({"reward": {"math_workers": 0}})))
+    with pytest.raises(ValueError) as err:
+        load_config(raw)
+    assert str(err.value) == "[reward.math_workers] must be > 0, got 0"
+
+
+def test_the_reference_has_no_token_budget_of_its_own():
+    # The reference scores with the actor's micro-batches (ppo_max_token_len_per_gpu).
+    with pytest.raises(Exception, match="log_prob_max_token_len_per_gpu"):
+        compose_config(["actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=4096"])
+
+
+def test_evaluation_and_sft_compose_the_trainer_sections():
+    from rl.config import ActorConfig, ModelConfig, SamplingConfig, from_dict
+    from rl.eval.evaluate import EvalConfig
+    from rl.sft.train import SFTConfig
+
+    sft = from_dict(SFTConfig, {"train_files": ["a.jsonl"], "model": {"dtype": "bfloat16"},
+                                "actor": {"zero_stage": 2, "optim": {"lr": 1e-5}}})
+    assert isinstance(sft.model, ModelConfig) and isinstance(sft.actor, ActorConfig)
+    assert (sft.model.dtype, sft.actor.zero_stage, sft.actor.optim.lr) == ("bfloat16", 2, 1e-5)
+    evaluation = from_dict(EvalConfig, {"sampling": {"n": 2, "temperature": 0.0}})
+    assert isinstance(evaluation.sampling, SamplingConfig) and evaluation.sampling.top_k == 20
+    with pytest.raises(ValueError, match=r"^sampling\.top_p must be in \(0, 1\]"):
+        from_dict(EvalConfig, {"sampling": {"top_p": 0}})
+    with pytest.raises(ValueError, match=r"^memento\.keep_last_n_blocks must be >= -1"):
+        from_dict(EvalConfig, {"memento": {"keep_last_n_blocks": -2}})

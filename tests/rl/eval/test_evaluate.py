@@ -6,6 +6,7 @@ fixed structure through the engine's test hooks: two blocks with mementos, `</th
 per-call `keep_last_n_blocks=-1` (nothing evicted), which is what plain vLLM does.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from rewards.manager import RewardConfig
 from rl.config import MementoOptions
 from rl.data.arith import write_arith_datasets
 from rl.data.rows import write_jsonl, write_parquet
-from rl.eval.evaluate import EvalConfig, evaluate, read_finished
+from rl.eval.evaluate import EvalConfig, evaluate, paper_sampling, read_finished
 from rollout.layout import MementoConfig, evict_at, kv_stats
 
 N = 2  # samples per problem
@@ -82,9 +83,10 @@ class Recorder:
         return samples
 
 
-def config(model, files, out, **overrides) -> EvalConfig:
-    return EvalConfig(model_path=str(model), benchmark_files=files, output_dir=str(out), n=N,
-                      max_tokens=46, chunk_size=3, reward=RewardConfig(math_workers=1), **overrides)
+def config(model, files, out, temperature=0.6, **overrides) -> EvalConfig:
+    sampling = dataclasses.replace(paper_sampling(), n=N, temperature=temperature)
+    return EvalConfig(model_path=str(model), benchmark_files=files, output_dir=str(out),
+                      sampling=sampling, max_tokens=46, chunk_size=3, reward=RewardConfig(math_workers=1), **overrides)
 
 
 def read_problems(out):
@@ -189,7 +191,7 @@ def test_simple_rows_become_chat_prompts_with_the_instruction(tiny_model_dir, to
 
 def test_cli_dry_run_prints_the_config_and_needs_a_model(tmp_path):
     run = [sys.executable, "-m", "rl.eval", f"output_dir={tmp_path}"]
-    dry = subprocess.run(run + ["model_path=m", "benchmark_files=[a.jsonl]", "n=4", "--cfg", "job"],
+    dry = subprocess.run(run + ["model_path=m", "benchmark_files=[a.jsonl]", "sampling.n=4", "--cfg", "job"],
                          capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert "'n': 4" in dry.stdout and "temperature: 0.6" in dry.stdout

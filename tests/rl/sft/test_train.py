@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl.config import OptimConfig
+from rl.config import ActorConfig, ModelConfig, OptimConfig
 from rl.data.arith import ArithConfig, write_arith_datasets
 from rl.sft.train import SFTConfig, run_sft
 
@@ -15,15 +15,16 @@ def test_two_stage_sft_lowers_validation_loss_and_exports_a_loadable_model(ray_l
     files = write_arith_datasets(tmp_path / "data", n_train=48, n_val=8,
                                  cfg=ArithConfig(max_steps=2))
     common = dict(train_files=[str(files.sft_train)], val_files=[str(files.sft_val)], max_length=384,
-                  batch_size=8, eval_every=3, max_tokens_per_micro_batch=1536,
-                  optim=OptimConfig(lr=3e-3))
-    stage1 = run_sft(SFTConfig(model_path=str(tiny_model_dir), stage="full",
+                  batch_size=8, eval_every=3,
+                  actor=ActorConfig(ppo_max_token_len_per_gpu=1536, optim=OptimConfig(lr=3e-3)))
+    stage1 = run_sft(SFTConfig(model=ModelConfig(path=str(tiny_model_dir)), stage="full",
                                output_dir=str(tmp_path / "sft1"), **common), log=lambda *_: None)
     losses = [h["val_loss"] for h in stage1.history if "val_loss" in h]
     assert len(losses) == 2 and losses[-1] < losses[0]
     assert {h["lr"] for h in stage1.history} == {3e-3}  # constant by default
-    common["optim"] = OptimConfig(lr=3e-3, lr_scheduler_type="cosine", min_lr_ratio=0.1)
-    stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
+    common["actor"] = ActorConfig(ppo_max_token_len_per_gpu=1536, optim=OptimConfig(
+        lr=3e-3, lr_scheduler_type="cosine", min_lr_ratio=0.1))
+    stage2 = run_sft(SFTConfig(model=ModelConfig(path=str(stage1.best_dir)), stage="memento",
                                output_dir=str(tmp_path / "sft2"), **common), log=lambda *_: None)
     assert stage2.best_val_loss < float("inf")
     lrs = [h["lr"] for h in stage2.history]  # the rate for the next step: cosine over the run
@@ -42,7 +43,6 @@ def test_a_rank_gets_as_many_torch_threads_as_cpus_it_reserves(ray_local, tiny_m
 
     from rl import cluster
     from rl.algo_config import AlgoConfig
-    from rl.config import ActorConfig, ModelConfig
 
     group = cluster.spawn_policy_group("threads", str(tiny_model_dir), ModelConfig(path="x"),
                                        ActorConfig(cpus_per_worker=2), AlgoConfig(), True, "cpu", 0)
