@@ -75,9 +75,12 @@ class SegmentConfig:
     min_blocks: int = 1  # (paper's runner)
     max_blocks: int | None = None  # (paper) unbounded
     cv_weight: float = 0.5  # (paper) weight of the block-size coefficient of variation
+    # the cut-score total over k blocks (paper's release) or over the k-1 cuts: segment.py
+    mean_over: Literal["blocks", "cuts"] = "blocks"
 
     def __post_init__(self):
         _check(self.min_blocks >= 1, "segment.min_blocks", "must be >= 1")
+        _check(self.mean_over in ("blocks", "cuts"), "segment.mean_over", "must be blocks or cuts")
         _check(self.max_blocks is None or self.max_blocks >= self.min_blocks,
                "segment.max_blocks", "must be null or >= segment.min_blocks")
 

@@ -60,7 +60,7 @@ def process_trace(trace: Trace, client, cfg: PipelineConfig, count_tokens) -> di
         blocks = segment([count_tokens(t) for t in texts], scores,
                          min_block_tokens=cfg.segment.min_block_tokens,
                          min_blocks=cfg.segment.min_blocks, max_blocks=cfg.segment.max_blocks,
-                         cv_weight=cfg.segment.cv_weight,
+                         cv_weight=cfg.segment.cv_weight, mean_over=cfg.segment.mean_over,
                          score_resolution=1 / len(cfg.scoring.windows))
     except SegmentationError as e:
         raise StageFailure("segment", str(e)) from e

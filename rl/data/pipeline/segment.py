@@ -2,10 +2,13 @@
 
 For blocks with token sizes l_1..l_k and the k-1 sentence boundaries they cut at,
 
-    J = mean(score of each cut boundary) - cv_weight * std(l) / mean(l)
+    J = (sum of the cut boundaries' scores) / D - cv_weight * std(l) / mean(l)
 
-(population std; a single block has no cuts and scores 0 - 0), subject to every block holding
-at least `min_block_tokens` tokens and min_blocks <= k <= max_blocks.
+(population std), subject to every block holding at least `min_block_tokens` tokens and
+min_blocks <= k <= max_blocks. D is k with `mean_over="blocks"`, the released pipeline's
+(the first block enters with no boundary, scoring 0; OpenMementos was built with it), or k - 1
+with `mean_over="cuts"`, the plain mean over the cuts, which is indifferent to adding more cuts
+as strong as the ones already made (a single block scores 0 either way).
 
 J is not a sum over blocks, so a DP that keeps one running best per state is only approximate
 (the released pipeline's is). It becomes exact with the score sum in the state: for fixed k the
@@ -21,9 +24,12 @@ a 200-sentence, 11K-token trace.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
+
+
+MeanOver = Literal["blocks", "cuts"]
 
 
 class SegmentationError(ValueError):
@@ -31,11 +37,12 @@ class SegmentationError(ValueError):
 
 
 def objective(token_counts: Sequence[int], boundary_scores: Sequence[float],
-              blocks: Sequence[tuple[int, int]], cv_weight: float) -> float:
+              blocks: Sequence[tuple[int, int]], cv_weight: float,
+              mean_over: MeanOver = "blocks") -> float:
     """J of `blocks` (inclusive [start, end] sentence ranges tiling the sentences)."""
     sizes = [sum(token_counts[a:b + 1]) for a, b in blocks]
     cuts = [boundary_scores[a - 1] for a, _ in blocks[1:]]
-    mean_score = sum(cuts) / len(cuts) if cuts else 0.0
+    mean_score = sum(cuts) / _divisor(len(blocks), mean_over) if cuts else 0.0
     mean = sum(sizes) / len(sizes)
     std = math.sqrt(max(sum(s * s for s in sizes) / len(sizes) - mean * mean, 0.0))
     return mean_score - cv_weight * std / mean
@@ -43,7 +50,8 @@ def objective(token_counts: Sequence[int], boundary_scores: Sequence[float],
 
 def segment(token_counts: Sequence[int], boundary_scores: Sequence[float], *,
             min_block_tokens: int = 200, min_blocks: int = 1, max_blocks: int | None = None,
-            cv_weight: float = 0.5, score_resolution: float = 0.5) -> list[tuple[int, int]]:
+            cv_weight: float = 0.5, score_resolution: float = 0.5,
+            mean_over: MeanOver = "blocks") -> list[tuple[int, int]]:
     """Blocks maximising J, as inclusive [start, end] sentence ranges in order.
 
     Args:
@@ -100,13 +108,18 @@ def segment(token_counts: Sequence[int], boundary_scores: Sequence[float], *,
         for u in np.flatnonzero(np.isfinite(tables[k - 1][n])):
             q = tables[k - 1][n, u]
             cv = math.sqrt(max(q / k - mean * mean, 0.0)) / mean
-            score = (u * score_resolution / (k - 1) if k > 1 else 0.0) - cv_weight * cv
+            score = (u * score_resolution / _divisor(k, mean_over) if k > 1 else 0.0
+                     ) - cv_weight * cv
             if score > best_j + 1e-12:
                 best_j, best_cell = score, (k, int(u))
     if best_cell is None:
         raise SegmentationError(f"no split of {n} sentences ({int(total)} tokens) into "
                                 f"{min_blocks}..{k_max} blocks of >= {min_block_tokens} tokens")
     return _backtrack(best_cell, n, units, came_from)
+
+
+def _divisor(k: int, mean_over: MeanOver) -> int:
+    return k if mean_over == "blocks" else k - 1
 
 
 def _backtrack(cell: tuple[int, int], n: int, units: list[int], came_from) -> list[tuple[int, int]]:
