@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rewards.sandbox_seccomp import seccomp_program
+
 GUARD_SOURCE = Path(__file__).with_name("sandbox_guard.py").read_text()
 SETUP_FAILED = 120  # sandbox_guard.SETUP_FAILED
 TEMP_PREFIX = "memento-sandbox-"
@@ -135,6 +137,8 @@ def _guard_config(isolation: Isolation, limits: SandboxLimits, root: Path, sourc
               "limits": {"cpu_seconds": limits.cpu_seconds, "memory_mb": limits.memory_mb,
                          "file_size_mb": limits.file_size_mb, "disk_mb": limits.disk_mb,
                          "max_processes": limits.max_processes}}
+    if isolation != "insecure":
+        config["seccomp"] = seccomp_program().hex()
     if isolation == "bwrap":
         config["bwrap_argv"] = _bwrap_argv(dict(config, stage="inner"), limits)
     return config
@@ -283,6 +287,10 @@ def probe_isolation(isolation: Isolation) -> str | None:
         return "needs a root trainer (use 'userns' or 'bwrap')"
     if isolation == "userns" and os.geteuid() == 0:
         return "for a non-root trainer (as root: 'namespaces')"
+    try:
+        seccomp_program()
+    except (ImportError, OSError) as e:
+        return f"seccomp: {e} (needs libseccomp2 and the pyseccomp package)"
     result = _run(PROBE_PROGRAM, "", SandboxLimits(wall_seconds=30), isolation)
     if result.stdout == "memento-sandbox-ok True\n":
         return None

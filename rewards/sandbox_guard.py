@@ -3,8 +3,9 @@
 `rewards.sandbox.run_python` starts this as `python -I -S -B -c <this file's text> <json>` (the text
 travels on the command line, so no host path has to be visible inside the sandbox) in its own
 session, with a scrubbed environment, stdin / stdout / stderr on files and the program's source on
-an inherited descriptor. Every layer is required: when one cannot be applied the guard prints why and exits with
-SETUP_FAILED before the program runs (fail closed). Processes, outside in:
+an inherited descriptor. Standard library only. Every layer is required: when one cannot be
+applied the guard prints why and exits with SETUP_FAILED before the program runs (fail closed).
+Processes, outside in:
 
   outer     host side: a child subreaper (it reaps whatever the levels below orphan), PDEATHSIG,
             OOM score 1000 and nice 19 (inherited, so the kernel kills and deprioritises runs,
@@ -16,7 +17,7 @@ SETUP_FAILED before the program runs (fail closed). Processes, outside in:
   bwrap     exec bubblewrap, which builds the same namespaces and root and runs this file again
             as stage "inner", doing only the program step.
   program   per-run uid (as root), no capabilities, empty bounding set, no_new_privs, rlimits,
-            then a seccomp filter, then `exec` of the source as __main__.
+            then the seccomp filter of rewards/sandbox_seccomp.py, then `exec` of the source.
 
 The root is an allowlist, not the host's: a read-only tmpfs holding read-only, nosuid, nodev binds
 of the paths `rewards.sandbox.visible_paths` lists (system libraries and the interpreter's
@@ -27,43 +28,27 @@ Level "insecure" has none of this: rlimits plus a Python audit hook that ctypes 
 """
 
 import ctypes
-import errno
 import json
 import os
-import platform
 import resource
 import signal
-import socket
 import sys
 import traceback
 
 SETUP_FAILED = 120
 WORK_DIR = "/tmp"
-CLONE_THREAD, CLONE_NEWCGROUP, CLONE_NEWNS = 0x00010000, 0x02000000, 0x00020000
-CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER = 0x04000000, 0x08000000, 0x10000000
-CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x20000000, 0x40000000, 0x00000080
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x04000000, 0x08000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 DEVICES = ("null", "zero", "full", "random", "urandom")
-TIOCSTI = 0x5412
-# Calls a test program never needs: debugging other processes, mounts and namespaces, kernel
-# interfaces with a history of privilege escalations, and escapes from a bind mount by file handle.
-DENIED_SYSCALLS = (
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "pidfd_open",
-    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "move_mount", "open_tree",
-    "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-    "open_by_handle_at", "name_to_handle_at", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key", "request_key",
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
-    "swapon", "swapoff", "acct", "quotactl", "syslog", "settimeofday", "clock_settime",
-    "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "iopl", "ioperm", "vhangup",
-    "fanotify_init", "lookup_dcookie", "uselib", "personality",
-)
+AF_UNIX = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -144,9 +129,9 @@ def _build_root(config: dict) -> None:
     _mount("tmpfs", new_root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700{owner}")
     os.chdir(new_root)
-    syscall = SYS_PIVOT_ROOT.get(platform.machine())
+    syscall = SYS_PIVOT_ROOT.get(os.uname().machine)
     if syscall is None:
-        raise SetupError(f"pivot_root: unknown architecture {platform.machine()}")
+        raise SetupError(f"pivot_root: unknown architecture {os.uname().machine}")
     _check(_libc.syscall(syscall, b".", b"."), "pivot_root")  # the old root ends up stacked on "."
     _check(_libc.umount2(b".", MNT_DETACH), "detach the host root")
     os.chdir("/")
@@ -218,32 +203,15 @@ def _set_limits(limits: dict) -> None:
         resource.setrlimit(kind, (soft, hard))
 
 
-def _load_seccomp() -> None:
-    """Deny DENIED_SYSCALLS, new namespaces, TIOCSTI and new processes (threads stay allowed):
-    without a per-run cgroup, one process per run is what makes RLIMIT_AS a per-run memory limit."""
-    try:
-        import pyseccomp as sc
-    except (ImportError, OSError) as e:
-        raise SetupError(f"seccomp: {e} (needs libseccomp2 and the pyseccomp package)") from e
-    deny = sc.ERRNO(errno.EPERM)
-    rules = sc.SyscallFilter(sc.ALLOW)
-    for name in DENIED_SYSCALLS:
-        try:
-            rules.add_rule(deny, name)
-        except (OSError, ValueError, RuntimeError):
-            pass  # not a call on this architecture
-    rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are out of a filter's reach; libc falls back
-    for flag in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
-                 CLONE_NEWCGROUP, CLONE_NEWTIME):
-        rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    rules.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
-    for name in ("fork", "vfork"):
-        try:
-            rules.add_rule(deny, name)
-        except (OSError, ValueError, RuntimeError):
-            pass  # aarch64 has neither
-    rules.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
-    rules.load()
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _load_seccomp(program_hex: str) -> None:
+    """Load `rewards.sandbox_seccomp.seccomp_program()` (compiled by the host; no_new_privs is set)."""
+    program = ctypes.create_string_buffer(bytes.fromhex(program_hex))
+    fprog = _SockFprog(len(program.raw) // 8, ctypes.addressof(program))  # 8 bytes per instruction
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def _read_source(fd: int) -> str:
@@ -255,7 +223,7 @@ def _read_source(fd: int) -> str:
 
 
 def _run_program(config: dict) -> None:
-    sys.path.extend(config["site_packages"])  # -S left them out: pyseccomp, and numpy for programs
+    sys.path.extend(config["site_packages"])  # -S left them out (numpy, for programs that use it)
     try:
         source = _read_source(config["source_fd"])
         os.chdir(WORK_DIR)
@@ -264,7 +232,7 @@ def _run_program(config: dict) -> None:
             os.chown(WORK_DIR, config["run_uid"], config["run_uid"])  # bubblewrap's tmpfs is root's
         _drop_privileges(config["run_uid"])
         _set_limits(config["limits"])
-        _load_seccomp()
+        _load_seccomp(config["seccomp"])
     except (SetupError, OSError, ValueError) as e:
         _setup_failed(e)
     _exec_source(source)
@@ -305,7 +273,7 @@ def _install_audit_hook(workdir: str) -> None:
                 real = os.path.realpath(os.fsdecode(path))
                 if not real.startswith(workdir) and real not in allowed_files:
                     raise PermissionError(f"sandbox: writing outside the work directory: {real}")
-        elif event == "socket.__new__" and args[1] != socket.AF_UNIX:
+        elif event == "socket.__new__" and args[1] != AF_UNIX:
             raise PermissionError("sandbox: network access is disabled")
         elif event in _PROCESS_EVENTS:
             raise PermissionError(f"sandbox: {event} is disabled")

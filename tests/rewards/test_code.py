@@ -8,7 +8,7 @@ import pytest
 from rewards.code import CodeTests, extract_program, parse_tests, score_code
 from rewards.sandbox import SandboxLimits
 
-LIMITS = SandboxLimits(wall_seconds=3.0, cpu_seconds=2)
+LIMITS = SandboxLimits(wall_seconds=5.0, cpu_seconds=2)
 REVERSE = "</think>Here:\n```python\nprint(input()[::-1])\n```"
 
 

@@ -13,7 +13,7 @@ from rewards.format import BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START
 from rewards.manager import RewardConfig, RewardManager
 from rewards.sandbox import SandboxUnavailable, resolve_isolation
 
-FAST = dict(math_workers=2, math_timeout_seconds=2.0, code_workers=2, code_test_seconds=2.0, code_sample_seconds=10)
+FAST = dict(math_workers=2, math_timeout_seconds=2.0, code_workers=2, code_test_seconds=5.0, code_sample_seconds=20)
 POWER_TOWER = "</think>\\boxed{9^{9^{9^{9}}}}"
 WELL_FORMED = f"<think>{BLOCK_START}{'r' * 100}{BLOCK_END}{SUMMARY_START}m{SUMMARY_END}</think>\\boxed{{504}}"
 REVERSE_TESTS = json.dumps({"inputs": ["abc\n"], "outputs": ["cba\n"]})
