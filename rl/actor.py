@@ -218,8 +218,25 @@ class PolicyWorker:
 
     # ---------------------------------------------------------------- weights out
 
+    def init_weight_sync(self, backend: str, replicas: list, ranks_per_replica: int,
+                         bucket_bytes: int) -> None:
+        """Connect to the rollout replicas over `backend` (rl/weight_sync.py; all ranks call)."""
+        from rl.weight_sync import ActorWeights, make_broadcast
+
+        gather = None
+        if self.engine is not None and self.cfg.zero_stage == 3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters
+        self.weight_broadcast = make_broadcast(backend, ActorWeights(self.model, bucket_bytes, gather),
+                                               replicas, ranks_per_replica, self.rank, bucket_bytes)
+
+    def send_weights(self) -> None:
+        """Push the current weights into every replica, bucket by bucket (all ranks call)."""
+        self.weight_broadcast.send()
+
     def named_weights(self) -> dict[str, torch.Tensor] | None:
-        """Full CPU weights for the rollout engines (on rank 0; None elsewhere).
+        """Full CPU weights for the Hugging Face export (on rank 0; None elsewhere).
 
         Under ZeRO-3 every rank must call this: the gather is a collective.
         """

@@ -222,8 +222,17 @@ class TrainerConfig:
     overlap_rollout: bool = False  # generate step k+1 during step k's update (one step off-policy)
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # how worker bundles fill the nodes
     seed: int = 0
+    # How new weights reach the engines (rl/weight_sync.py): auto = ipc when colocated on GPUs,
+    # nccl across GPUs, object_store on CPU; each sync moves buckets of weight_sync_bucket_mb.
+    weight_sync: Literal["auto", "object_store", "nccl", "ipc"] = "auto"
+    weight_sync_bucket_mb: int = 1024
 
     def __post_init__(self) -> None:
+        from rl.weight_sync import choose_backend
+
+        choose_backend(self.weight_sync, self.device, self.colocate)  # raises on a bad combination
+        if self.weight_sync_bucket_mb < 1:
+            raise ValueError(f"weight_sync_bucket_mb must be >= 1, got {self.weight_sync_bucket_mb}")
         if self.total_training_steps < 1:
             raise ValueError(f"total_training_steps must be >= 1, got {self.total_training_steps}")
         unknown = set(self.logger) - {"console", "wandb"}

@@ -5,8 +5,9 @@
     python -m rl.train --cfg job                     # print the composed config and exit
 
 The controller (this process) owns the order of one step (`Trainer.step`); Ray workers expose a
-few verbs: rollout engines `generate` / `update_weights` / `sleep` / `wake_up`, policy ranks
-`compute_logprobs` / `update` / `named_weights` / `save_checkpoint` / `load_checkpoint`.
+few verbs: rollout engines `generate` / `sleep` / `wake_up` and vLLM's weight-transfer verbs,
+policy ranks `compute_logprobs` / `update` / `send_weights` / `save_checkpoint` /
+`load_checkpoint`.
 Rewards are scored here, in the reward manager's own process pool.
 
 With `trainer.overlap_rollout` the engines generate step k+1's batch in a background thread while
@@ -306,13 +307,10 @@ class Trainer:
         return metrics, entropy
 
     def sync_weights(self) -> None:
-        import ray
-
-        weights = self.actor.call("named_weights")[0]
-        ref = ray.put(list(weights.items()))
+        """The actor's weights into every engine, bucket by bucket (rl/weight_sync.py)."""
         if self.cfg.trainer.colocate:
             self.rollout.call("wake_up")
-        self.rollout.call("update_weights", ref)  # Ray resolves the object ref in each worker
+        self.actor.call("send_weights")
 
     def batch_metrics(self, batch: RolloutBatch, entropy) -> dict[str, float]:
         lengths = batch.response_lengths
@@ -415,9 +413,11 @@ def memento_config(cfg: Config, tokenizer) -> MementoConfig | None:
 def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
     """Actor ranks, reference ranks (only when a KL term needs them) and rollout replicas."""
     from rl import cluster
+    from rl.weight_sync import ENGINE_BACKEND, choose_backend
     from rollout.worker import RolloutWorker
 
     arr, trainer = cfg.actor_rollout_ref, cfg.trainer
+    weight_sync = choose_backend(trainer.weight_sync, trainer.device, trainer.colocate)
     gpu = 1.0 if trainer.device == "cuda" else 0.0
     share = 0.5 if trainer.colocate else 1.0  # colocated actor and engine split each device
 
@@ -453,9 +453,12 @@ def start_workers(cfg: Config, model_path: str, memento: MementoConfig | None):
                        **kv_cache_size(arr.rollout),
                        enforce_eager=arr.rollout.enforce_eager, in_process=arr.rollout.in_process,
                        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length,
-                       dtype=arr.model.dtype, seed=trainer.seed + r))
+                       dtype=arr.model.dtype, seed=trainer.seed + r,
+                       weight_transfer_backend=ENGINE_BACKEND[weight_sync]))
     if trainer.colocate:
         rollout.placement = None  # owned (and removed) by the actor group
+    actor.call("init_weight_sync", weight_sync, rollout.handles,
+               arr.rollout.tensor_model_parallel_size, trainer.weight_sync_bucket_mb << 20)
     return actor, ref, rollout
 
 

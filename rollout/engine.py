@@ -17,6 +17,9 @@ response indices) and `ban_token_ids` (never sampled elsewhere).
 Layout options can also change per `generate` call (`memento={"keep_last_n_blocks": -1}` gives
 plain attention, `{"restart_mode": True}` the paper's ablation) without restarting the engine.
 
+New weights arrive through vLLM's weight-transfer engines (`start_weight_update`, one
+`update_weights` per bucket, `finish_weight_update`), driven by `rl.weight_sync`.
+
 Defaults passed to vLLM (any can be overridden): `enforce_eager=True` (compaction under CUDA
 graphs is not validated yet), prefix caching and async scheduling off (memento mode refuses
 them), `logprobs_mode="processed_logprobs"` (log-probs at the sampling temperature). On CPU size
@@ -27,11 +30,9 @@ engine need an `if __name__ == "__main__":` guard, since vLLM starts worker proc
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-from safetensors.torch import save_file
 from transformers import AutoTokenizer
 from vllm import LLM, SamplingParams
 
@@ -90,12 +91,15 @@ class MementoEngine:
         memento: None (plain), a MementoConfig, or a dict of its options (token ids are then
             read from the tokenizer).
         restart_mode: the paper's ablation (memento KV recomputed without its block).
+        weight_transfer_backend: how new weights arrive: "host_buckets" (in the update call,
+            any device; rollout.vllm_plugin.weights), or vLLM's "nccl" / "ipc" (GPU).
         **vllm_kwargs: passed to `vllm.LLM`; memento mode refuses prefix caching and async
             scheduling.
     """
 
     def __init__(self, model_path, memento: MementoConfig | dict | None = None, *,
-                 restart_mode: bool = False, **vllm_kwargs):
+                 restart_mode: bool = False, weight_transfer_backend: str = "host_buckets",
+                 **vllm_kwargs):
         register()  # this process; vLLM's own processes load the entry point
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.cfg = _memento_config(tokenizer, memento)
@@ -106,11 +110,15 @@ class MementoEngine:
                     raise ValueError(f"memento mode needs {key}=False (got True)")
         settings = dict(enforce_eager=True, enable_prefix_caching=False, async_scheduling=False,
                         logprobs_mode="processed_logprobs",
-                        worker_extension_cls="rollout.vllm_plugin.weights.WeightLoaderExtension",
+                        weight_transfer_config={"backend": weight_transfer_backend},
                         logits_processors=[
                             "rollout.vllm_plugin.logits:ScriptLogitsProcessor",
                             "rollout.vllm_plugin.logits:BlockCapLogitsProcessor"])
         settings.update(vllm_kwargs)
+        if weight_transfer_backend == "ipc":
+            # CUDA IPC handles hold torch types, which vLLM's RPC to its worker processes
+            # carries only pickled.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         settings["additional_config"] = {**settings.get("additional_config", {}),
                                          **plugin_config(self.cfg, self.evict, restart_mode)}
         self.llm = LLM(model=str(model_path), **settings)
@@ -135,39 +143,22 @@ class MementoEngine:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [self._sample(out, sampling) for out in outputs]
 
-    def update_weights(self, named_tensors) -> None:
-        """Load new weights, (name, tensor) pairs with Hugging Face names, into every worker."""
-        # Through a RAM-backed file: vLLM's RPC decodes tensors onto its receive buffer, which
-        # the EngineCore cannot pickle on to the workers. Workers share this host.
-        tensors, seen = {}, set()
-        for name, tensor in named_tensors:
-            tensor = tensor.detach().cpu().contiguous()
-            if tensor.data_ptr() in seen:  # tied weights: safetensors refuses shared storage
-                tensor = tensor.clone()
-            seen.add(tensor.data_ptr())
-            tensors[name] = tensor
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.TemporaryDirectory(dir=shm) as tmp:
-            path = os.path.join(tmp, "weights.safetensors")
-            save_file(tensors, path)
-            self.llm.collective_rpc("memento_load_weights", args=(path,))
+    # Weight sync: vLLM's weight-transfer control plane, driven by rl/weight_sync.py through
+    # the rollout worker. One update is start, one update_weights per bucket, finish.
 
-    def init_weight_broadcast(self, master_address: str, master_port: int, rank_offset: int,
-                              world_size: int) -> None:
-        """GPU clusters: join the trainer's NCCL group (trainer rank 0 sends).
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        """Set up the transport (NCCL: join the trainer's group; blocks until it does)."""
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": init_info})
 
-        Needs the engine built with `weight_transfer_config={"backend": "nccl"}`.
-        """
-        self.llm.collective_rpc("init_weight_transfer_engine", args=(dict(
-            master_address=master_address, master_port=master_port, rank_offset=rank_offset,
-            world_size=world_size),))
-
-    def receive_weight_broadcast(self, names: list[str], dtype_names: list[str],
-                                 shapes: list[list[int]]) -> None:
-        """GPU clusters: receive tensors the trainer broadcasts, in `names` order, and load them."""
+    def start_weight_update(self) -> None:
         self.llm.collective_rpc("start_weight_update")
-        self.llm.collective_rpc("update_weights", args=(dict(
-            names=names, dtype_names=dtype_names, shapes=shapes),))
+
+    def update_weights(self, update_info: dict) -> None:
+        """Receive and load one bucket (NCCL: blocks until the trainer's broadcast is done)."""
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info})
+
+    def finish_weight_update(self) -> None:
+        """Re-process the reloaded layers for the kernels; the new weights serve from here."""
         self.llm.collective_rpc("finish_weight_update")
 
     def sleep(self, level: int = 1) -> None:

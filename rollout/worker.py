@@ -1,31 +1,21 @@
 """Ray rollout worker: one MementoEngine replica per actor, driven by the trainer's controller.
 
-    workers = create_rollout_workers(2, model_path, memento={}, num_gpus_per_replica=1,
-                                     tensor_parallel_size=1, enforce_eager=False)
-    samples = ray.get([w.generate.remote(chunk, sampling) for w, chunk in zip(workers, chunks)])
-    push_weights_via_object_store(workers, actor_model.state_dict().items())   # CPU / one host
-
-Weight sync has two paths:
-- object store (CPU and single-host runs): the actor puts its tensors in Ray's object store once
-  and every replica loads them (`update_weights`);
-- NCCL broadcast (GPU clusters): each replica joins the trainer's process group through vLLM's
-  weight-transfer engine (`init_weight_broadcast`), then receives tensors the trainer broadcasts
-  from rank 0 (`receive_weight_broadcast`). The engines must be built with
-  `weight_transfer_config={"backend": "nccl"}`; replica r of R with tensor parallel size T sits at
-  ranks 1 + r*T .. (r+1)*T in a group of size 1 + R*T.
+The controller starts replicas with `rl.cluster.spawn_group(..., RolloutWorker, ...)` and calls
+`generate`; actor rank 0 pushes new weights through the four weight-transfer verbs (vLLM's
+control plane: `init_weight_transfer_engine` once, then `start_weight_update`, one
+`update_weights` per bucket, `finish_weight_update`), as `rl.weight_sync` drives them over
+object store, NCCL or CUDA IPC.
 """
 
 from __future__ import annotations
 
 import os
 
-import ray
-
 from rollout.engine import MementoEngine, Sample, Sampling
 
 
 class RolloutWorker:
-    """A Ray actor holding one engine. Verbs: generate, update_weights, sleep, wake_up."""
+    """A Ray actor holding one engine. Verbs: generate, the weight-transfer verbs, sleep, wake_up."""
 
     def __init__(self, model_path: str, memento=None, in_process: bool = False, **engine_kwargs):
         """in_process: vLLM's engine core runs in this actor's process (one replica = one
@@ -39,16 +29,21 @@ class RolloutWorker:
                  memento: dict | None = None) -> list[Sample]:
         return self.engine.generate(prompt_token_ids, sampling, memento)
 
-    def update_weights(self, named_tensors: list) -> None:
-        self.engine.update_weights(named_tensors)
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.engine.init_weight_transfer_engine(init_info)
 
-    def init_weight_broadcast(self, master_address: str, master_port: int, rank_offset: int,
-                              world_size: int) -> None:
-        self.engine.init_weight_broadcast(master_address, master_port, rank_offset, world_size)
+    def start_weight_update(self) -> None:
+        self.engine.start_weight_update()
 
-    def receive_weight_broadcast(self, names: list[str], dtype_names: list[str],
-                                 shapes: list[list[int]]) -> None:
-        self.engine.receive_weight_broadcast(names, dtype_names, shapes)
+    def update_weights(self, update_info: dict, buffer: bytes | None = None) -> None:
+        """One bucket. `buffer`: its bytes for the host_buckets engine, passed to this call as an
+        object ref that Ray resolves here (a ref nested in `update_info` would not be)."""
+        if buffer is not None:
+            update_info = {**update_info, "buffer": buffer}
+        self.engine.update_weights(update_info)
+
+    def finish_weight_update(self) -> None:
+        self.engine.finish_weight_update()
 
     def sleep(self, level: int = 1) -> None:
         self.engine.sleep(level)
@@ -59,23 +54,3 @@ class RolloutWorker:
     def shutdown(self) -> None:
         self.engine.shutdown()
 
-
-def create_rollout_workers(num_replicas: int, model_path: str, memento=None, *,
-                           num_cpus_per_replica: float = 1, num_gpus_per_replica: float = 0,
-                           tensor_parallel_size: int = 1, **engine_kwargs) -> list:
-    """Start `num_replicas` RolloutWorker actors (Ray must be initialised).
-
-    On GPU each replica needs `tensor_parallel_size` GPUs (`num_gpus_per_replica` defaults to
-    it); vLLM then spreads its tensor-parallel workers over the actor's GPUs.
-    """
-    if tensor_parallel_size > 1:
-        engine_kwargs["tensor_parallel_size"] = tensor_parallel_size
-        num_gpus_per_replica = num_gpus_per_replica or tensor_parallel_size
-    actor = ray.remote(num_cpus=num_cpus_per_replica, num_gpus=num_gpus_per_replica)(RolloutWorker)
-    return [actor.remote(model_path, memento, **engine_kwargs) for _ in range(num_replicas)]
-
-
-def push_weights_via_object_store(workers: list, named_tensors) -> None:
-    """Put the tensors in the object store once; every replica loads them. Blocks until done."""
-    ref = ray.put([(name, tensor.detach().cpu()) for name, tensor in named_tensors])
-    ray.get([worker.update_weights.remote(ref) for worker in workers])

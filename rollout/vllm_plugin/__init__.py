@@ -12,6 +12,7 @@ vLLM in the same environment is unaffected.
 - `runner.py` (worker process): moves the surviving KV slots, truncates block tables, and feeds
   attention physical slot positions and sequence lengths while RoPE keeps logical positions.
 - `logits.py` (worker process): the block-length cap and the scripted-token test hook.
+- `weights.py` (worker process): the `host_buckets` weight-transfer engine (CPU weight sync).
 
 See shared/research/vllm032.md (beside the repository) for the map of vLLM internals this follows.
 """
@@ -38,6 +39,11 @@ def register() -> None:
     for cls, name, factory in scheduler.PATCHES + runner.PATCHES:
         original = getattr(cls, name)
         setattr(cls, name, functools.wraps(original)(factory(original)))
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    # weight_transfer_config={"backend": "host_buckets"}: see weights.py
+    WeightTransferEngineFactory.register_engine("host_buckets", "rollout.vllm_plugin.weights",
+                                                "HostBucketWeightTransferEngine")
     _installed = True
 
 

@@ -1,14 +1,17 @@
-"""The Ray rollout worker on a loopback Ray cluster: generation and weight sync via object store."""
+"""The Ray rollout worker on a loopback Ray cluster: generation, and weight sync through the
+object store bucket by bucket (the trainer's path: rl.cluster spawns, rl.weight_sync pushes)."""
 
 import pytest
 import ray
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rl import cluster
+from rl.weight_sync import ActorWeights, make_broadcast
 from rollout.engine import Sampling, block_script
 from rollout.layout import MementoConfig
 from rollout.reference import reference_generate
 from rollout.tiny_model import build_tiny_model
-from rollout.worker import create_rollout_workers, push_weights_via_object_store
+from rollout.worker import RolloutWorker
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +21,11 @@ PROMPT = list(b"Weights, then words.")
 @pytest.fixture(scope="module", params=[True, False], ids=["in-process", "engine-processes"])
 def worker(request, tiny_model_dir):
     ray.init(num_cpus=2, include_dashboard=False)
-    [worker] = create_rollout_workers(1, str(tiny_model_dir), memento={}, dtype="float32",
-                                      block_size=32, max_model_len=1024,
-                                      kv_cache_memory_bytes=64 << 20, seed=0,
-                                      in_process=request.param)
+    placement = cluster.make_placement("rollout", {"CPU": 1}, 1)
+    [worker] = cluster.spawn_group("rollout", RolloutWorker, placement, 1, 0, lambda r: dict(
+        model_path=str(tiny_model_dir), memento={}, dtype="float32", block_size=32,
+        max_model_len=1024, kv_cache_memory_bytes=64 << 20, seed=0,
+        in_process=request.param)).handles
     worker.in_process = request.param
     yield worker
     ray.get(worker.shutdown.remote())
@@ -53,7 +57,9 @@ def test_update_weights_makes_the_engine_generate_what_the_new_weights_generate(
     assert old_ids != new_ids
 
     before = ray.get(worker.generate.remote([PROMPT], sampling))[0]
-    push_weights_via_object_store([worker], new_model.state_dict().items())
+    # 4 KiB buckets: every tensor of the tiny model lands in a bucket of its own or shares one
+    make_broadcast("object_store", ActorWeights(new_model, 4096), [worker], 1, rank=0,
+                   bucket_bytes=4096).send()
     ray.get([worker.sleep.remote(), worker.wake_up.remote()])  # no-ops on CPU, must not break
     after = ray.get(worker.generate.remote([PROMPT], sampling))[0]
     assert before.response_ids == old_ids
