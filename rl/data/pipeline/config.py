@@ -1,14 +1,15 @@
 """The pipeline's config schema: every knob of every stage, the paper's values as defaults.
 
 Values marked (paper) come from the MEMENTO paper or its released pipeline (microsoft/memento,
-data/pipeline); the others are ours. `load_config` builds the dataclasses from Hydra's dict and
-names the offending key when a value is out of range.
+data/pipeline); the others are ours. `load_config` builds the dataclasses from a plain dict and
+names the offending key when a value is out of range (through rl.config.from_dict, as every
+entry point's config).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 
 @dataclass
@@ -131,26 +132,16 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"[{key}] {message}")
 
 
-def load_config(raw: dict[str, Any]) -> PipelineConfig:
-    """PipelineConfig from a plain dict (Hydra's), nested sections built first.
-
-    The two keys without a usable default (the schema's defaults must build) are checked here.
-    """
-    cfg = _build(PipelineConfig, raw)
+def check_required(cfg: PipelineConfig) -> PipelineConfig:
+    """The two keys without a usable default (the schema's defaults must build), checked before
+    a run starts."""
     _check(bool(cfg.input_files), "input_files", "needs at least one .jsonl/.parquet file")
     _check(bool(cfg.client.model), "client.model", "must name the model (or its path)")
     return cfg
 
 
-def _build(cls, raw: dict[str, Any]):
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for f in fields(cls):
-        if f.name not in raw:
-            continue
-        value = raw[f.name]
-        kwargs[f.name] = _build(hints[f.name], value) if is_dataclass(hints[f.name]) else value
-    unknown = set(raw) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} in {cls.__name__}")
-    return cls(**kwargs)
+def load_config(raw: dict[str, Any]) -> PipelineConfig:
+    """PipelineConfig from a plain dict: unknown keys, wrong types and bad values name their key."""
+    from rl.config import from_dict
+
+    return check_required(from_dict(PipelineConfig, raw))

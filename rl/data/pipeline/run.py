@@ -26,17 +26,15 @@ interrupted run loses only the traces in flight. A line cut short by a kill is d
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rl.data.pipeline.ask import StageFailure, Usage
 from rl.data.pipeline.boundaries import score_boundaries
 from rl.data.pipeline.client import make_client
-from rl.data.pipeline.config import PipelineConfig, load_config
+from rl.data.pipeline.config import PipelineConfig, check_required
 from rl.data.pipeline.mementos import write_mementos
 from rl.data.pipeline.report import write_report
 from rl.data.pipeline.segment import SegmentationError, segment
@@ -208,22 +206,12 @@ class Progress:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+    from rl.config import run_hydra
 
-    conf_dir = str(Path(__file__).resolve().parents[3] / "conf")
-    ConfigStore.instance().store(name="memento_data_schema",
-                                 node=OmegaConf.create(asdict(PipelineConfig())))
-
-    @hydra.main(config_path=conf_dir, config_name="memento_data", version_base=None)
-    def entry(raw) -> None:
-        cfg = load_config(OmegaConf.to_container(raw, resolve=True))
-        counts = run(cfg)
+    def job(cfg: PipelineConfig) -> None:
+        counts = run(check_required(cfg))
         out = Path(cfg.output_dir)
         print(f"memento data: {counts['done']} traces written, {counts['failed']} failed; "
               f"rows in {out / ROWS}, report in {out / 'report.md'}")
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    entry()
+    run_hydra("memento_data", PipelineConfig, job, argv)

@@ -186,16 +186,17 @@ def test_a_killed_run_resumes_without_redoing_finished_traces(server, tiny_model
 
 
 def test_rows_go_straight_into_two_stage_sft(structured_run, ray_local, tiny_model_dir, tmp_path):
+    from rl.config import ActorConfig, ModelConfig
     from rl.sft.train import SFTConfig, run_sft
 
     _, inputs, _, out = structured_run
     common = dict(train_files=[str(out / ROWS)], val_files=[str(out / ROWS)], max_length=1024,
                   batch_size=len(inputs), max_steps=2, epochs=2, eval_every=1,
-                  max_tokens_per_micro_batch=4096)
-    stage1 = run_sft(SFTConfig(model_path=str(tiny_model_dir), stage="full",
+                  actor=ActorConfig(ppo_max_token_len_per_gpu=4096))
+    stage1 = run_sft(SFTConfig(model=ModelConfig(path=str(tiny_model_dir)), stage="full",
                                output_dir=str(tmp_path / "sft1"), **common), log=lambda *_: None)
     assert [h["step"] for h in stage1.history] == [1, 2]
-    stage2 = run_sft(SFTConfig(model_path=str(stage1.best_dir), stage="memento",
+    stage2 = run_sft(SFTConfig(model=ModelConfig(path=str(stage1.best_dir)), stage="memento",
                                output_dir=str(tmp_path / "sft2"), **common), log=lambda *_: None)
     assert stage2.best_val_loss < float("inf") and (stage2.best_dir / "config.json").exists()
 
