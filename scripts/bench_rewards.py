@@ -46,7 +46,7 @@ def bench_code(n: int, workers: int) -> None:
     truth = json.dumps({"inputs": [f"{i} {i + 1}\n" for i in range(3)],
                         "outputs": [f"{2 * i + 1}\n" for i in range(3)]})
     response = "</think>```python\na, b = map(int, input().split())\nprint(a + b)\n```"
-    levels = [level for level in AUTO_ORDER if probe_isolation(level) is None] + ["insecure"]
+    levels = ["insecure"] + [level for level in AUTO_ORDER if probe_isolation(level) is None]
     rates = {}
     for isolation in levels:
         with RewardManager(RewardConfig(code_workers=workers, sandbox_isolation=isolation)) as manager:
@@ -54,7 +54,7 @@ def bench_code(n: int, workers: int) -> None:
             seconds = timed(lambda: manager.score([response] * n, ["codecontests"] * n, [truth] * n, None))
         rates[isolation] = n / seconds
         print(f"code {isolation:10} {n / seconds:8.2f} samples/s ({3 * n / seconds:.1f} sandbox runs/s) "
-              f"with {workers} concurrent sandboxes, {rates[isolation] / rates.get('insecure', rates[isolation]):.2f}x")
+              f"with {workers} concurrent sandboxes, {rates[isolation] / rates['insecure']:.2f}x insecure's rate")
     for isolation in levels:
         print(f"RESULT code_samples_per_second_{isolation} {rates[isolation]:.2f} 1/s {workers} sandboxes, "
               f"3 tests each, {rates[isolation] / rates['insecure']:.2f}x insecure")

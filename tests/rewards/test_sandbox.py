@@ -210,6 +210,16 @@ for path in ({str(trainer.home / 'checkpoint.pt')!r}, {str(trainer.home)!r}, "/e
     assert "root:" not in result.stdout  # /etc/shadow
 
 
+def test_trainer_files_cannot_be_deleted(trainer):
+    program = f"""
+import ctypes, shutil
+libc = ctypes.CDLL(None)
+print(libc.unlink({str(trainer.home / 'checkpoint.pt').encode()!r}), libc.rmdir({str(trainer.home / 'code').encode()!r}))
+shutil.rmtree({str(trainer.home / 'code')!r}, ignore_errors=True)
+"""
+    assert trainer.run(program).stdout == "-1 -1\n"  # the autouse fixture asserts the files are unchanged
+
+
 def test_other_runs_are_invisible_and_untouchable(trainer):
     victim = "import time, os; time.sleep(1.0); print(input(), os.listdir('.'))"
     attacker = f"""
@@ -254,14 +264,16 @@ def test_host_processes_are_invisible(trainer):
 
 def test_writing_outside_the_work_directory_fails(trainer, tmp_path):
     os.chmod(tmp_path, 0o777)  # writable for anyone: only the sandbox can stop it
+    (tmp_path / "victim").write_text("root's")
     program = f"""
 import ctypes, os
 libc = ctypes.CDLL(None)
 for path in ({str(tmp_path / 'escaped')!r}, "/usr/escaped", "/escaped", "/dev/escaped"):
     print(libc.open(path.encode(), os.O_WRONLY | os.O_CREAT, 0o666))
+print(libc.unlink({str(tmp_path / 'victim').encode()!r}))
 """
-    assert trainer.run(program).stdout.split() == ["-1"] * 4
-    assert list(tmp_path.iterdir()) == []
+    assert trainer.run(program).stdout.split() == ["-1"] * 5
+    assert [p.name for p in tmp_path.iterdir()] == ["victim"]
 
 
 def test_file_handles_cannot_reach_the_host_filesystem(trainer):
