@@ -33,8 +33,9 @@ from rl.checkpoint import CheckpointManager, read_json, resolve_model_path, writ
 from rl.config import Config, run_hydra
 from rl.data.prompts import PromptLoader, load_prompts
 from rl.losses import reduce_metrics, rollout_mismatch, rollout_rejection_mask
+from rl.sample_metrics import sample_stats
 from rl.tracking import Tracker, timed
-from rollout.layout import MementoConfig, kv_stats, memento_stats
+from rollout.layout import MementoConfig
 
 
 class Trainer:
@@ -314,9 +315,8 @@ class Trainer:
 
     def batch_metrics(self, batch: RolloutBatch, entropy) -> dict[str, float]:
         lengths = batch.response_lengths
-        kv = [kv_stats(ev, len(p)) for ev, p in zip(batch.evict_at, batch.prompt_ids)]
-        blocks = [memento_stats(p + r, self.memento, start=len(p))
-                  for p, r in zip(batch.prompt_ids, batch.response_ids)] if self.memento else []
+        kv = [sample_stats(p, r, self.memento, ev)
+              for p, r, ev in zip(batch.prompt_ids, batch.response_ids, batch.evict_at)]
         mask = batch.loss_mask.bool()
         metrics = {
             "response/length_mean": float(lengths.mean()),
@@ -333,10 +333,9 @@ class Trainer:
             "kv/evictions_mean": float(batch.num_evictions.mean()),
             "actor/entropy_old": float(entropy[mask].mean().item()) if mask.any() else 0.0,
         }
-        if blocks:
-            metrics["memento/blocks_mean"] = float(np.mean([b["blocks"] for b in blocks]))
-            metrics["memento/memento_tokens_mean"] = float(np.mean([b["memento_tokens"] for b in blocks]))
-            metrics["memento/compression_mean"] = float(np.mean([b["compression"] for b in blocks]))
+        if self.memento:
+            for key in ("blocks", "memento_tokens", "compression"):
+                metrics[f"memento/{key}_mean"] = float(np.mean([k[key] for k in kv]))
         return metrics
 
     # ------------------------------------------------------------- checkpoints

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rl.data.arith import resolve_files
+from rl.data.chat import prompt_token_ids
 from rl.data.rows import DataError, OnBadRow, parse_files
 
 
@@ -39,13 +40,19 @@ class PromptRow:
 
 @dataclass(frozen=True)
 class PromptExample:
-    """A tokenised prompt ready for rollout. `index` is its position in the PromptDataset."""
+    """A tokenised prompt ready for rollout or evaluation.
+
+    `index` is its position in its dataset (in evaluation: over all benchmark files in order,
+    which fixes the sampling seeds); `id`, where set, is "<file stem>/<row>", stable across reruns
+    (evaluation resumes by it).
+    """
 
     index: int
     prompt_ids: list[int]
     data_source: str
     ground_truth: Any
     extra_info: dict[str, Any]
+    id: str = ""
 
 
 def parse_prompt_row(row: dict[str, Any], where: str) -> PromptRow:
@@ -103,9 +110,7 @@ class PromptDataset:
         if not rows:
             raise DataError(f"no valid prompt rows in {[str(f) for f in self.files]}")
 
-        texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,
-                                               tokenize=False) for r in rows]
-        all_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        all_ids = prompt_token_ids(tokenizer, [r.messages for r in rows])
         self.examples: list[PromptExample] = []
         for row, ids in zip(rows, all_ids):
             if len(ids) > max_prompt_length:
@@ -115,7 +120,7 @@ class PromptDataset:
                                     f"{row.messages[-1]['content'][:80]!r}")
                 self.num_filtered += 1
                 continue
-            self.examples.append(PromptExample(len(self.examples), list(ids), row.data_source,
+            self.examples.append(PromptExample(len(self.examples), ids, row.data_source,
                                                row.ground_truth, row.extra_info))
         if not self.examples:
             raise DataError(f"all {len(rows)} prompts exceed max_prompt_length={max_prompt_length}")

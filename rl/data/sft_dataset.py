@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 from rewards.format import (BLOCK_END, BLOCK_START, MARKERS, MEMENTO_TOKENS, SUMMARY_END, SUMMARY_START,
                             THINK_END, THINK_START, check_format, render_memento)
+from rl.data.chat import prompt_token_ids
 from rl.data.rows import DataError, OnBadRow, parse_files
 
-IGNORE_INDEX = -100
 
 # Paper A.2.1: each new token starts at the mean embedding of related words (plus noise).
 # The paper gives the memento tokens; the <think> words are ours, used only when a tokenizer
@@ -153,9 +153,9 @@ def tokenize_sft(example: SFTExample, tokenizer, max_length: int) -> SFTSample:
     Sequences longer than `max_length` are cut on the right. Raises ValueError when the
     tokenizer lacks a delimiter the response uses (it would be split into bytes silently).
     """
-    text = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True,
-                                         tokenize=False)
-    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    from kernels import IGNORE_INDEX  # the log-prob kernels' "no target"; imports torch
+
+    (prompt_ids,) = prompt_token_ids(tokenizer, [example.messages])
     completion_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
     for token in MARKERS:
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -164,7 +164,7 @@ def tokenize_sft(example: SFTExample, tokenizer, max_length: int) -> SFTSample:
             raise ValueError(f"tokenizer does not encode {token!r} as one token; "
                              "call add_memento_tokens first")
     completion_ids = list(completion_ids) + [tokenizer.eos_token_id]
-    input_ids = list(prompt_ids) + completion_ids
+    input_ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     truncated = len(input_ids) > max_length
     return SFTSample(input_ids[:max_length], labels[:max_length], len(prompt_ids), truncated)

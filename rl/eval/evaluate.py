@@ -14,12 +14,11 @@ competition problem and 2 for MATH-500/GPQA). The reward manager scores each res
 after `</think>`); `rl.eval.metrics` turns the verdicts into pass@1 with its standard error over
 problems, unbiased pass@k and maj@k.
 
-KV per response is replayed from its tokens, as the paper does: `rollout.layout.kv_stats` on
-`evict_at(prompt + response)` gives peak and area (token-steps) under the memento layout and
-under full attention; the engine's own live-KV peak is recorded beside it (it holds no KV for the
-last sampled token, so it is at most one below the replayed peak). Bytes use
-`kv_bytes_per_token` from the model config. Blocks, memento length and compression come from
-`rollout.layout.memento_stats`.
+KV per response is replayed from its tokens, as the paper does, by the trainer's own per-sample
+statistics (`rl.sample_metrics`): peak and area (token-steps) under the memento layout and under
+full attention, blocks, memento length and compression; the engine's own live-KV peak is
+recorded beside it (it holds no KV for the last sampled token, so it is at most one below the
+replayed peak). Bytes use `kv_bytes_per_token` from the model config.
 
 Benchmark rows are verl rows (`prompt` chat messages, `data_source`, `reward_model.ground_truth`)
 or simple rows `{problem, answer, data_source}` (`instruction` is appended to the problem;
@@ -40,14 +39,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
-import numpy as np
 
 from rewards.manager import RewardConfig, RewardManager
 from rl.config import Dtype, MementoOptions, SamplingConfig
-from rl.data.prompts import PromptRow, parse_prompt_row
+from rl.data.chat import prompt_token_ids
+from rl.data.prompts import PromptExample, PromptRow, parse_prompt_row
 from rl.data.rows import DataError, read_rows
 from rl.eval.metrics import accuracy_metrics, default_ks
-from rollout.layout import MementoConfig, evict_at, kv_bytes_per_token, kv_stats, memento_stats
+from rl.sample_metrics import sample_stats
+from rollout.layout import MementoConfig, kv_bytes_per_token
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # per Dtype
 # Keys that may change between a run and its resumption without mixing incomparable results.
@@ -97,19 +97,6 @@ class EvalConfig:
                              "and memento.keep_last_block_for_answer=false")
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One benchmark problem, tokenised. `id` is "<benchmark>/<row>" (stable across reruns)."""
-
-    id: str
-    benchmark: str  # the file name without suffix
-    position: int  # index over all benchmark files, in order: fixes the sampling seeds
-    prompt_ids: list[int]
-    data_source: str
-    ground_truth: Any
-    extra_info: dict[str, Any]
-
-
 # ------------------------------------------------------------------------------- data
 
 
@@ -127,19 +114,18 @@ def parse_benchmark_row(row: dict[str, Any], where: str, default_source: str,
                      ground_truth=str(answer), extra_info={})
 
 
-def load_benchmarks(files: Sequence[str], tokenizer, instruction: str) -> list[Problem]:
-    """Every row of every file, chat-templated and tokenised; any malformed row raises."""
-    problems: list[Problem] = []
+def load_benchmarks(files: Sequence[str], tokenizer, instruction: str) -> list[PromptExample]:
+    """Every row of every file, chat-templated and tokenised, with `id` "<benchmark>/<row>" (the
+    benchmark is the file name without suffix); any malformed row raises."""
+    problems: list[PromptExample] = []
     for path in map(Path, files):
         benchmark = path.stem
         rows = [parse_benchmark_row(row, f"{path}: row {i}", benchmark, instruction)
                 for i, row in enumerate(read_rows(path))]
-        texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,
-                                               tokenize=False) for r in rows]
-        for i, (row, ids) in enumerate(zip(rows, tokenizer(texts, add_special_tokens=False)
-                                           ["input_ids"])):
-            problems.append(Problem(f"{benchmark}/{i}", benchmark, len(problems), list(ids),
-                                    row.data_source, row.ground_truth, row.extra_info))
+        for i, (row, ids) in enumerate(zip(rows, prompt_token_ids(tokenizer,
+                                                                  [r.messages for r in rows]))):
+            problems.append(PromptExample(len(problems), ids, row.data_source, row.ground_truth,
+                                          row.extra_info, id=f"{benchmark}/{i}"))
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise DataError("two benchmark files share a name; problem ids must be unique")
@@ -199,11 +185,11 @@ def append_records(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def chunks(todo: list[Problem], size: int) -> Iterator[list[Problem]]:
-    """Runs of consecutive positions, at most `size` long (one engine call each)."""
-    chunk: list[Problem] = []
+def chunks(todo: list[PromptExample], size: int) -> Iterator[list[PromptExample]]:
+    """Runs of consecutive indices, at most `size` long (one engine call each)."""
+    chunk: list[PromptExample] = []
     for p in todo:
-        if chunk and (len(chunk) == size or p.position != chunk[-1].position + 1):
+        if chunk and (len(chunk) == size or p.index != chunk[-1].index + 1):
             yield chunk
             chunk = []
         chunk.append(p)
@@ -215,23 +201,16 @@ def chunks(todo: list[Problem], size: int) -> Iterator[list[Problem]]:
 
 
 def response_record(sample, layout: MementoConfig | None, reward_info) -> dict:
-    """Verdict and KV accounting of one sample (token counts; bytes are in the summary)."""
-    ids = list(sample.prompt_ids) + list(sample.response_ids)
-    prompt_len = len(sample.prompt_ids)
-    if layout is None:  # the tokenizer has no memento tokens: nothing is ever evicted
-        kv = kv_stats(np.full(len(ids), len(ids)), prompt_len)
-        blocks = {"blocks": 0, "block_tokens": 0.0, "memento_tokens": 0.0, "compression": 0.0}
-    else:
-        kv = kv_stats(evict_at(ids, layout), prompt_len)
-        blocks = memento_stats(ids, layout, start=prompt_len)
+    """Verdict and KV accounting of one sample (token counts; bytes are in the summary); the
+    memento statistics only under a layout (a tokenizer without memento tokens has none)."""
     return {"correct": reward_info.verdict == "correct", "verdict": reward_info.verdict,
             "extracted": reward_info.extracted, "response_tokens": len(sample.response_ids),
-            "finish_reason": sample.finish_reason, **kv,
+            "finish_reason": sample.finish_reason,
             "engine_peak_tokens": sample.kv_peak_tokens, "num_evictions": sample.num_evictions,
-            **blocks}
+            **sample_stats(sample.prompt_ids, sample.response_ids, layout)}
 
 
-def score_chunk(chunk: list[Problem], samples: list, n: int, tokenizer, rewards: RewardManager,
+def score_chunk(chunk: list[PromptExample], samples: list, n: int, tokenizer, rewards: RewardManager,
                 layout: MementoConfig | None, save_responses: bool) -> list[dict]:
     """One record per problem of the chunk; `samples` are prompt-major, n per problem."""
     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
@@ -245,7 +224,7 @@ def score_chunk(chunk: list[Problem], samples: list, n: int, tokenizer, rewards:
         if save_responses:
             for r, text in zip(responses, texts[i * n:(i + 1) * n]):
                 r["text"] = text
-        records.append({"id": problem.id, "benchmark": problem.benchmark,
+        records.append({"id": problem.id, "benchmark": problem.id.rpartition("/")[0],
                         "data_source": problem.data_source,
                         "ground_truth": str(problem.ground_truth),
                         "pass@1": sum(r["correct"] for r in responses) / n, "responses": responses})
@@ -260,10 +239,10 @@ def kv_summary(responses: list[dict], bytes_per_token: int) -> dict[str, float]:
     def mean(key: str) -> float:
         return sum(r[key] for r in responses) / max(len(responses), 1)
 
-    with_blocks = [r for r in responses if r["blocks"]]
+    with_blocks = [r for r in responses if r.get("blocks")]  # no key: replayed without a layout
     out = {key: mean(key) for key in ("peak_tokens", "area_tokens", "full_peak_tokens",
-                                      "full_area_tokens", "engine_peak_tokens", "response_tokens",
-                                      "blocks")}
+                                      "full_area_tokens", "engine_peak_tokens", "response_tokens")}
+    out["blocks"] = sum(r["blocks"] for r in with_blocks) / max(len(responses), 1)
     out["peak_gb"] = out["peak_tokens"] * bytes_per_token / 1e9
     out["full_peak_gb"] = out["full_peak_tokens"] * bytes_per_token / 1e9
     out["area_gb_ktok"] = out["area_tokens"] * bytes_per_token / 1e12
@@ -369,7 +348,7 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
                 s = cfg.sampling
                 sampling = Sampling(n=s.n, temperature=s.temperature, top_p=s.top_p,
                                     top_k=max(s.top_k, 0), max_tokens=cfg.max_tokens,
-                                    seed=cfg.seed + chunk[0].position * s.n,
+                                    seed=cfg.seed + chunk[0].index * s.n,
                                     max_block_tokens=s.max_block_tokens,
                                     **(sampling_hooks or {}))
                 samples = engine.generate([p.prompt_ids for p in chunk], sampling)

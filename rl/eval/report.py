@@ -121,7 +121,7 @@ def plot_kv(path: Path, responses: list[dict], bytes_per_token: int) -> None:
 
 def plot_compression(path: Path, responses: list[dict]) -> None:
     plt, (fig, ax) = _figure()
-    ratios = [r["compression"] for r in responses if r["blocks"]]
+    ratios = [r["compression"] for r in responses if r.get("blocks")]
     ax.hist(ratios, bins=30)
     ax.set_xlabel("compression (block tokens / memento tokens)")
     ax.set_ylabel("responses")

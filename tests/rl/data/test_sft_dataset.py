@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from kernels import IGNORE_INDEX
 from rl.data.rows import DataError, write_jsonl
-from rl.data.sft_dataset import (IGNORE_INDEX, RELATED_WORDS, SFTDataset, SFTExample, add_memento_tokens,
+from rl.data.sft_dataset import (RELATED_WORDS, SFTDataset, SFTExample, add_memento_tokens,
                          check_memento_response, load_sft_examples, parse_sft_row, render_memento,
                          tokenize_sft)
 from rollout.layout import MEMENTO_TOKENS, MementoConfig, evict_at

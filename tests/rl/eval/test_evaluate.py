@@ -201,7 +201,8 @@ def test_cli_dry_run_prints_the_config_and_needs_a_model(tmp_path):
 
 
 def test_chunks_are_runs_of_consecutive_problems():
-    from rl.eval.evaluate import Problem, chunks
+    from rl.data.prompts import PromptExample
+    from rl.eval.evaluate import chunks
 
-    todo = [Problem(f"b/{i}", "b", i, [], "b", "1", {}) for i in (0, 1, 2, 5, 6, 9)]
-    assert [[p.position for p in c] for c in chunks(todo, 2)] == [[0, 1], [2], [5, 6], [9]]
+    todo = [PromptExample(i, [], "b", "1", {}, id=f"b/{i}") for i in (0, 1, 2, 5, 6, 9)]
+    assert [[p.index for p in c] for c in chunks(todo, 2)] == [[0, 1], [2], [5, 6], [9]]
