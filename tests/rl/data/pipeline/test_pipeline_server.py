@@ -155,7 +155,7 @@ def test_garbage_answers_without_structured_outputs_are_recorded_failures(
 
 
 def test_a_killed_run_resumes_without_redoing_finished_traces(server, tiny_model_dir, tmp_path):
-    inputs = short_traces(tmp_path / "traces.jsonl", per_example=2)
+    inputs = short_traces(tmp_path / "traces.jsonl", per_example=1)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rl.data.pipeline", f"input_files=[{tmp_path / 'traces.jsonl'}]",
            f"output_dir={out}", f"tokenizer={tiny_model_dir}", "client.model=tiny",
