@@ -23,6 +23,9 @@ def pass_rate_by_round(rows: Sequence[dict[str, Any]], pass_score: float, max_ro
 
 def summarise(rows: Sequence[dict[str, Any]], failed: Sequence[dict[str, Any]], pass_score: float,
               max_rounds: int) -> dict[str, Any]:
+    written = {r["id"] for r in rows}
+    # a failure retried later counts once (its last record), and not at all once it finished
+    failed = list({f["id"]: f for f in failed if f["id"] not in written}.values())
     blocks = [len(r["blocks"]) for r in rows]
     reasoning = [sum(r["block_tokens"]) for r in rows]
     memento = [sum(r["memento_tokens"]) for r in rows]

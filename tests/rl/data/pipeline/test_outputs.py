@@ -37,3 +37,19 @@ def test_done_rejected_and_failed_traces_are_skipped_unless_failures_are_retried
     assert len(outputs.read(FAILED)) == 2  # the rejection is recorded once
     cfg.limit = 1
     assert [t.id for t in load_traces(cfg, count, outputs)] == []  # the first trace is done
+
+
+def test_report_counts_a_retried_failure_that_finished_as_done_only(tmp_path):
+    from rl.data.pipeline.report import write_report
+
+    row = {"id": "a", "blocks": [[0, 1], [2, 2]], "block_tokens": [300, 200],
+           "memento_tokens": [40, 10], "round_scores": [[5.0, 9.0], [8.0]],
+           "judge_scores": [9.0, 8.0], "prompt_tokens": 100, "completion_tokens": 10}
+    failed = [{"id": "a", "status": "failed", "stage": "score", "error": "x"},
+              {"id": "b", "status": "failed", "stage": "judge/0", "error": "y"},
+              {"id": "c", "status": "rejected", "stage": "seed", "error": "z"}]
+    stats = write_report([row], failed, pass_score=8.0, max_rounds=3, output_dir=tmp_path)
+    assert dict(stats["failed"]) == {"judge/0": 1} and stats["rejected"] == 1
+    assert stats["pass_rate_by_round"] == [0.5, 1.0, 1.0]  # block 1 passes in round 1
+    assert stats["compression"] == 10.0  # 500 block tokens -> 50 memento tokens
+    assert "| 1 | 100.0% |" in (tmp_path / "report.md").read_text()
