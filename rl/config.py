@@ -298,7 +298,7 @@ def from_dict(cls: type, values: Any, prefix: str = "", base: Any = None) -> Any
         elif not matches(value, hint):
             raise TypeError(f"{key} must be {describe(hint)}, got {value!r} ({type(value).__name__})")
         else:
-            kwargs[name] = value
+            kwargs[name] = tuple(value) if typing.get_origin(hint) is tuple else value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -318,6 +318,9 @@ def matches(value: Any, hint: Any) -> bool:
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(matches(v, item) for v in value)
+    if origin is tuple:  # tuple[X, ...]; a config list is taken for it (from_dict converts)
+        item = typing.get_args(hint)[0]
+        return isinstance(value, (list, tuple)) and all(matches(v, item) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if hint is Any:

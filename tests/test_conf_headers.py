@@ -56,7 +56,7 @@ COMMANDS = [(str(path.relative_to(ROOT)), command)
 
 def test_the_entry_points_have_headers_with_commands():
     with_commands = {path for path, _ in COMMANDS}
-    for name in ("config", "sft", "eval", "demo"):
+    for name in ("config", "sft", "eval", "demo", "arith"):
         assert f"conf/{name}.yaml" in with_commands, name
 
 

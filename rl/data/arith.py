@@ -9,7 +9,8 @@ exact test of the memento method, and its difficulty is set by the number of ste
 operand range. Answers are exact integers (division only when it divides evenly), scored by the
 math verifier from `\\boxed{N}` after `</think>`.
 
-    python -m rl.data.arith out/    # writes arith_{train,val}.jsonl (RL) and arith_sft_{train,val}.jsonl
+    python -m rl.data.arith out_dir=data/arith   # arith_{train,val}.jsonl (RL), arith_sft_*.jsonl
+    python -m rl.data.arith task.max_steps=8 task.ops=[add,mul] n_train=10000   # (conf/arith.yaml)
 
 `resolve_files` turns `builtin:<name>` entries of a file list (`builtin:arith`, `builtin:arith_val`
 for RL and evaluation, `builtin:arith_sft`, `builtin:arith_sft_val` for SFT) into these files.
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import random
 import re
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -265,5 +265,23 @@ def resolve_files(files: Sequence[str], data_dir: str | Path | None) -> list[Pat
     return paths
 
 
+@dataclass
+class ArithFilesConfig:
+    """`python -m rl.data.arith`: write the task's files (conf/arith.yaml)."""
+
+    out_dir: str = "data/arith"
+    n_train: int = 2000
+    n_val: int = 200
+    seed: int = 0
+    task: ArithConfig = field(default_factory=ArithConfig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rl.config import run_hydra
+
+    run_hydra("arith", ArithFilesConfig, lambda cfg: print(write_arith_datasets(
+        cfg.out_dir, cfg.n_train, cfg.n_val, cfg.seed, cfg.task)), argv)
+
+
 if __name__ == "__main__":
-    print(write_arith_datasets(sys.argv[1] if len(sys.argv) > 1 else "data/arith"))
+    main()

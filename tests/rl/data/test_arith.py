@@ -187,3 +187,15 @@ def test_builtin_names_resolve_to_the_generated_files(tmp_path):
     assert "response" in read_rows(sft_train)[0] and "prompt" in read_rows(rl_val)[0]
     with pytest.raises(ValueError, match="unknown builtin dataset 'arith_test'"):
         resolve_files(["builtin:arith_test"], tmp_path)
+
+
+def test_command_line_writes_the_files_with_its_task_settings(tmp_path):
+    from rl.data.arith import main
+
+    main([f"out_dir={tmp_path}", "n_train=30", "n_val=5", "task.ops=[add,mul]",
+          "task.max_steps=2", "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    rows = read_rows(tmp_path / "arith_train.jsonl")
+    assert len(rows) == 30 and len(read_rows(tmp_path / "arith_sft_val.jsonl")) == 5
+    words = " ".join(r["prompt"][0]["content"] for r in rows)
+    assert "Subtract" not in words and "Divide" not in words and "Multiply" in words
+    assert {r["extra_info"]["num_steps"] for r in rows} == {2}
