@@ -1,9 +1,12 @@
-"""Data for every job: row files, RL prompts, SFT traces and the built-in task.
+"""Data for every job: row files, chat-templated prompts, SFT traces and the built-in task.
 
     rows.py         .jsonl / .parquet rows and per-row parsing (DataError names file and row)
+    chat.py         conversations -> prompt token ids through the chat template (one place)
     prompts.py      verl-format prompt datasets and the resumable batch loader (RL, evaluation)
     sft_dataset.py  OpenMementos rows -> prompt-masked SFT sequences; new memento tokens
-    arith.py        the built-in arithmetic task (`python -m rl.data.arith out/`)
+    arith.py        the built-in arithmetic task (`python -m rl.data.arith`, `builtin:` names)
+    pipeline/       raw reasoning traces -> memento SFT rows (`python -m rl.data.pipeline`)
 
-Imports flow down this list's dependencies only: rows <- sft_dataset <- arith <- prompts.
+rows and chat import nothing of ours; sft_dataset and arith build on them; prompts on arith
+(it resolves `builtin:` file names). Nothing here imports the trainer.
 """
