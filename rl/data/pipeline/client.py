@@ -9,7 +9,9 @@ round at once and the client decides how they run:
   with a JSON schema asks for structured output through `response_format` (OpenAI, vLLM and most
   hosted servers) or vLLM's own `structured_outputs` field.
 - `LocalEngineClient` runs `vllm.LLM` on one thread that takes every request queued since its
-  last batch and generates them together (schema -> `StructuredOutputsParams(json=...)`).
+  last batch and generates them together (schema -> `StructuredOutputsParams(json=...)`). Plain
+  vLLM, not rollout's MementoEngine: the labeller needs chat templates and structured outputs,
+  which MementoEngine's token-id interface does not carry, and no KV eviction.
 
 Token counts come back with every reply: the server's `usage`, or the engine's token ids.
 """
