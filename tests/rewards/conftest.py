@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -135,10 +136,20 @@ class UserHelper:
         self.proc.wait(10)
 
 
+def _reachable_by_anyone(path: str) -> bool:
+    """Every directory above `path` is world-searchable (this fixture reveals /root/.pyenv itself)."""
+    path = Path(os.path.realpath(path))
+    revealed = {Path("/root")} if str(path).startswith("/root/.pyenv/") else set()
+    return all(os.stat(d).st_mode & stat.S_IXOTH for d in [path, *path.parents] if d not in revealed)
+
+
 @pytest.fixture(scope="session")
 def user_helper():
     if os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("setpriv"):
         pytest.skip("the unprivileged path needs a root test run (it creates a user) and setpriv")
+    unreachable = [p for p in (str(REPO), sys.prefix, sys.base_prefix) if not _reachable_by_anyone(p)]
+    if unreachable:
+        pytest.skip(f"a non-root user cannot reach {unreachable} (a directory above is not world-searchable)")
     try:
         entry = pwd.getpwnam(TEST_USER)
     except KeyError:
