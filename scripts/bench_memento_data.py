@@ -3,7 +3,7 @@
     python scripts/bench_memento_data.py [--traces-per-example 3] [--chars 1500]
 
 On the tiny random model in-process (after a one-trace warm-up), over slices of the three real
-traces in ../shared/data/memento_examples, prints `RESULT` lines for:
+traces in tests/data/memento_examples, prints `RESULT` lines for:
 
 - the whole pipeline (one scoring pass): traces per minute, prompt / completion tokens per trace;
 - each round's tokens (write + judge) per trace and against round 0 (the random model's
@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "memento_examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "memento_examples"
 
 
 def write_traces(path: Path, per_example: int, chars: int) -> int:

@@ -12,7 +12,7 @@ from rewards.format import (BLOCK_END, BLOCK_START, MARKERS, MEMENTO_TOKENS, SUM
                             THINK_END, THINK_START, check_format, format_reward, render_memento)
 from rollout import layout
 
-DATA = Path(__file__).with_name("data")
+DATA = Path(__file__).resolve().parents[1] / "data" / "memento_examples"
 
 
 def memento(*pairs: tuple[str, str], answer: str = "42", think: bool = True) -> str:
@@ -21,7 +21,7 @@ def memento(*pairs: tuple[str, str], answer: str = "42", think: bool = True) -> 
 
 
 def example_response(name: str) -> str:
-    """A real MEMENTO trace (tests/rewards/data, from microsoft/memento) joined in the grammar."""
+    """A real MEMENTO trace (tests/data/memento_examples, from microsoft/memento) joined in the grammar."""
     segments = json.loads((DATA / f"{name}.json").read_text())["segments"]
     pairs = [(b["text"], m["text"]) for b, m in zip(segments[0:-1:2], segments[1:-1:2])]
     return memento(*pairs, answer=segments[-1]["text"])

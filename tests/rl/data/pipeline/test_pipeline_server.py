@@ -29,7 +29,7 @@ from rl.data.sft_dataset import check_memento_response, load_sft_examples
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[4]
-EXAMPLES = ROOT.parent / "shared" / "data" / "memento_examples"
+EXAMPLES = ROOT / "tests" / "data" / "memento_examples"
 
 
 def free_port():

@@ -8,7 +8,7 @@ import pytest
 
 from rl.data.pipeline.split import protected_spans, split_sentences
 
-EXAMPLES = Path(__file__).resolve().parents[5] / "shared" / "data" / "memento_examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "data" / "memento_examples"
 
 
 def chars4(text):
