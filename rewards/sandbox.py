@@ -108,14 +108,17 @@ def _bwrap_argv(inner_config: dict, limits: SandboxLimits) -> list[str]:
             "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         argv.append("--unshare-user")
+    # The work dir first, so an interpreter under /tmp is bound on top of it instead of hidden.
+    argv += ["--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp"]
     paths = visible_paths()
-    parents = sorted({str(parent) for path in paths for parent in Path(path).parents} - {"/", *paths})
+    parents = sorted({str(parent) for path in paths for parent in Path(path).parents}
+                     - {"/", "/tmp", *paths})
     for parent in parents:  # bubblewrap would create them 0700, out of reach of the run's uid
         argv += ["--perms", "0755", "--dir", parent]
     for path in paths:
         argv += ["--symlink", os.readlink(path), path] if os.path.islink(path) else ["--ro-bind", path, path]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp",
-             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--cap-drop", "ALL"]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--remount-ro", "/dev", "--remount-ro", "/",
+             "--chdir", "/tmp", "--cap-drop", "ALL"]
     if as_root:  # the guard inside switches to the run's uid, then drops these too
         for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_CHOWN"):
             argv += ["--cap-add", cap]

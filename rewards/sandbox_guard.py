@@ -120,14 +120,16 @@ def _build_root(config: dict) -> None:
     owner = "" if run_uid is None else f",uid={run_uid},gid={run_uid}"  # else the namespace's own user
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    # The work dir first: an interpreter that lives under /tmp (a checkout there) is bound on top
+    # of it, read-only, instead of being hidden by it.
+    os.mkdir(new_root + WORK_DIR)
+    _mount("tmpfs", new_root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700{owner}")
     for path in config["visible"]:
         _bind_read_only(path, new_root)
     _make_dev(new_root)
     os.mkdir(new_root + "/proc")
     _mount("proc", new_root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.mkdir(new_root + WORK_DIR)
-    _mount("tmpfs", new_root + WORK_DIR, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={config['limits']['disk_mb']}m,nr_inodes=4096,mode=0700{owner}")
     os.chdir(new_root)
     syscall = SYS_PIVOT_ROOT.get(os.uname().machine)
     if syscall is None:

@@ -13,11 +13,16 @@ import psutil
 import pytest
 
 from rewards.sandbox import (GUARD_SOURCE, RUN_UID_BASE, RUN_UID_SPAN, TEMP_PREFIX, SandboxLimits,
-                             SandboxUnavailable, remove_tree, resolve_isolation, run_python)
+                             SandboxUnavailable, remove_tree, resolve_isolation, run_python,
+                             visible_paths)
 from tests.rewards.conftest import FAST, SECRET
 
 SLACK = 5  # seconds of slack on a loaded 2-core machine
 SHORT = 1.5  # wall clock of the tests that run into it
+# What a fresh work dir (/tmp inside) lists: nothing, except where the interpreter itself lives
+# under /tmp (a checkout there): its path is bound read-only on top of the work dir.
+INTERPRETER_IN_WORK_DIR = sorted({Path(p).parts[2] for p in visible_paths() if p.startswith("/tmp/")})
+EMPTY_WORK_DIR = str(INTERPRETER_IN_WORK_DIR)
 
 
 def _sandbox_dirs() -> set[str]:
@@ -65,7 +70,7 @@ def test_program_can_use_its_work_directory_and_threads(trainer):
 def test_each_run_starts_in_an_empty_work_directory(trainer):
     first, second = trainer.run_together([("open('x', 'w'); import time; time.sleep(0.5)", ""),
                                           ("import os, time; time.sleep(0.5); print(os.listdir('.'))", "")])
-    assert first.status == "ok" and second.stdout == "[]\n"
+    assert first.status == "ok" and second.stdout == EMPTY_WORK_DIR + "\n"
 
 
 def test_syntax_error_is_an_error_not_an_exception(trainer):
@@ -225,7 +230,10 @@ def test_other_runs_are_invisible_and_untouchable(trainer):
     attacker = f"""
 import glob, time
 time.sleep(0.3)
+own = {["/tmp/" + name for name in INTERPRETER_IN_WORK_DIR]!r}  # the run's own work dir, not another's
 for path in glob.glob("/tmp/*") + glob.glob("{tempfile.gettempdir()}/{TEMP_PREFIX}*/*"):
+    if path in own:
+        continue
     try:
         print(path, open(path).read()[:100])
     except OSError:
@@ -237,7 +245,7 @@ for path in glob.glob("/tmp/*") + glob.glob("{tempfile.gettempdir()}/{TEMP_PREFI
         pass
 """
     victim_result, attacker_result = trainer.run_together([(victim, f"hidden {SECRET}\n"), (attacker, "")])
-    assert victim_result.stdout == f"hidden {SECRET} []\n"
+    assert victim_result.stdout == f"hidden {SECRET} {EMPTY_WORK_DIR}\n"
     assert SECRET not in attacker_result.stdout and "planted" not in attacker_result.stdout
 
 
