@@ -12,8 +12,9 @@ float32). Each sync pushes the actor's weights into the running engine:
 
 Peak extra memory is the highest PSS, summed over this process and the processes under it that
 take part (Ray's raylet, which holds the object store, the actor, the engine), sampled every
-10 ms during a sync, minus the sum just before it. Each path gets a fresh Ray, actor and engine; the first sync (cold) and the
-next --repeats (warm: median time, least peak) are reported for both, side by side.
+10 ms during a sync, minus the sum just before it. Each path gets a fresh Ray, actor and engine; reported for both, side by side:
+the first sync's peak (cold), then the median time of --repeats syncs (run without the memory
+sampler) and the least peak of --repeats more (warm).
 
     python scripts/bench_weight_sync.py                      # ~100M parameters, 64 MiB buckets
     python scripts/bench_weight_sync.py --hidden 256 --layers 4 --bucket-mb 2   # seconds
@@ -116,19 +117,24 @@ def load_through_shm_file(worker, named_tensors) -> None:
 
 
 def measure(sync, repeats: int) -> dict[str, float]:
-    """Seconds and peak extra bytes of the first sync (cold: includes one-time costs such as
-    Ray's object store faulting in its pages) and of the `repeats` after it (warm: the median
-    time, and the least peak: the processes' background threads allocate now and then, which
-    lands in single syncs, so the least is what a sync itself needs)."""
-    runs = []
-    for _ in range(1 + repeats):
+    """Peak extra bytes of the first sync (cold: includes one-time costs such as Ray's object
+    store faulting in its pages), then `repeats` warm syncs timed (median) and `repeats` more
+    whose peak is sampled (the least: the processes' background threads allocate now and then,
+    which lands in single syncs). Timed syncs run without the sampler, whose reads of /proc
+    slow the processes it reads."""
+    def peak_extra() -> int:
         with PeakMemory() as memory:
-            start = time.perf_counter()
             sync()
-            runs.append((time.perf_counter() - start, memory.extra_bytes))
-    warm = runs[1:] or runs
-    return {"cold_s": runs[0][0], "cold_extra": runs[0][1],
-            "warm_s": statistics.median(t for t, _ in warm), "warm_extra": min(m for _, m in warm)}
+        return memory.extra_bytes
+
+    cold_extra = peak_extra()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"cold_extra": cold_extra, "warm_s": statistics.median(times),
+            "warm_extra": min(peak_extra() for _ in range(repeats))}
 
 
 def start_actor_and_engine(trained: Path, served: Path, num_workers: int, zero_stage: int,
@@ -180,7 +186,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--bucket-mb", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="warm syncs after the first")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="warm syncs timed, and as many more sampled for memory")
     parser.add_argument("--work-dir", default=None, help="where the models go (default: a temp dir)")
     args = parser.parse_args()
 
@@ -208,15 +215,15 @@ def main() -> None:
     print(f"RESULT model_params_m {num_params / 1e6:.1f} M fp32, {args.bucket_mb} MiB buckets, "
           f"{os.cpu_count()} cores {cpu}")
     print(f"RESULT model_mb {num_params * 4 / mb:.1f} MiB fp32 weights")
-    for phase, what in (("cold", "first sync"), ("warm", f"{args.repeats} more syncs")):
-        print(f"RESULT whole_model_{phase}_sync_s {whole[phase + '_s']:.3f} s {what} (median)")
-        print(f"RESULT bucketed_{phase}_sync_s {bucketed[phase + '_s']:.3f} s {what} (median)")
-        print(f"RESULT {phase}_sync_time_ratio {whole[phase + '_s'] / bucketed[phase + '_s']:.2f} "
-              f"x whole-model / bucketed")
+    print(f"RESULT whole_model_warm_sync_s {whole['warm_s']:.3f} s median of {args.repeats}")
+    print(f"RESULT bucketed_warm_sync_s {bucketed['warm_s']:.3f} s median of {args.repeats}")
+    print(f"RESULT warm_sync_time_ratio {whole['warm_s'] / bucketed['warm_s']:.2f} "
+          f"x whole-model / bucketed")
+    for phase, what in (("cold", "first sync"), ("warm", f"least of {args.repeats} syncs")):
         print(f"RESULT whole_model_{phase}_peak_extra_mb {whole[phase + '_extra'] / mb:.1f} MiB "
-              f"PSS over the processes, {what} (least)")
+              f"PSS over the processes, {what}")
         print(f"RESULT bucketed_{phase}_peak_extra_mb {bucketed[phase + '_extra'] / mb:.1f} MiB "
-              f"PSS over the processes, {what} (least)")
+              f"PSS over the processes, {what}")
         print(f"RESULT {phase}_peak_extra_ratio "
               f"{whole[phase + '_extra'] / max(bucketed[phase + '_extra'], 1):.2f} x whole-model / bucketed")
 
