@@ -315,7 +315,7 @@ class Trainer:
 
     def batch_metrics(self, batch: RolloutBatch, entropy) -> dict[str, float]:
         lengths = batch.response_lengths
-        kv = [sample_stats(p, r, self.memento, ev)
+        stats = [sample_stats(p, r, self.memento, ev)
               for p, r, ev in zip(batch.prompt_ids, batch.response_ids, batch.evict_at)]
         mask = batch.loss_mask.bool()
         metrics = {
@@ -323,19 +323,19 @@ class Trainer:
             "response/length_max": float(lengths.max()),
             "response/truncated_frac": float(np.mean([f == "length" for f in batch.finish_reasons])),
             "response/forced_tokens": float(batch.forced_mask.sum().item()),
-            "kv/peak_tokens_mean": float(np.mean([k["peak_tokens"] for k in kv])),
-            "kv/full_peak_tokens_mean": float(np.mean([k["full_peak_tokens"] for k in kv])),
+            "kv/peak_tokens_mean": float(np.mean([k["peak_tokens"] for k in stats])),
+            "kv/full_peak_tokens_mean": float(np.mean([k["full_peak_tokens"] for k in stats])),
             "kv/peak_ratio_mean": float(np.mean([k["peak_tokens"] / max(k["full_peak_tokens"], 1)
-                                                 for k in kv])),
+                                                 for k in stats])),
             "kv/area_ratio_mean": float(np.mean([k["area_tokens"] / max(k["full_area_tokens"], 1)
-                                                 for k in kv])),
+                                                 for k in stats])),
             "kv/engine_peak_tokens_mean": float(batch.engine_kv_peak_tokens.mean()),
             "kv/evictions_mean": float(batch.num_evictions.mean()),
             "actor/entropy_old": float(entropy[mask].mean().item()) if mask.any() else 0.0,
         }
         if self.memento:
             for key in ("blocks", "memento_tokens", "compression"):
-                metrics[f"memento/{key}_mean"] = float(np.mean([k[key] for k in kv]))
+                metrics[f"memento/{key}_mean"] = float(np.mean([k[key] for k in stats]))
         return metrics
 
     # ------------------------------------------------------------- checkpoints
