@@ -21,7 +21,9 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, log_to_driver: bool = True) -> None:
+    """Connect once; later calls are no-ops, so the first caller's `log_to_driver` (workers'
+    output in this console) holds for the run."""
     if ray.is_initialized():
         return
     if address is None:
@@ -30,9 +32,9 @@ def init_ray(address: str | None) -> None:
         # at least 8 (the OS shares the real cores).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=max(os.cpu_count() or 1, 8), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+                 log_to_driver=log_to_driver, configure_logging=False)
     else:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
 
 
 def free_port() -> int:

@@ -10,10 +10,15 @@
    checkpoint;
 4. evaluate held-out accuracy through the memento vLLM engine;
 5. GRPO through the memento engine with the math verifier (rl.train.Trainer);
-6. evaluate again, then print a summary table (accuracy after SFT and after RL, blocks per
-   response, peak KV with mementos against full attention as the engine measured it, the share
-   of mementos that carry the value before and after RL) and write
-   PNG plots: reward and accuracy over steps, and live KV over one generated trace.
+6. evaluate again, then print a summary table (accuracy after SFT and after RL, the gain with
+   its standard error paired over problems, what RL changed in the mementos: the share that
+   carry the value, the share of responses whose mementos all do and how often those are right;
+   blocks per response, peak KV with mementos against full attention as the engine measured it)
+   and write PNG plots: reward and accuracy over steps, and live KV over one generated trace.
+
+The console shows one line per phase with its progress and ETA (`rl.console`); `verbose=true`
+brings back the libraries' own logging and the trainer's per-step line. `python -m
+rl.demo_seeds` runs this over seeds 0-2 and writes README's results table.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 
 from rl.config import (ActorConfig, Config, ModelConfig, OptimConfig, SamplingConfig, from_dict,
                        run_hydra)
-from rl.data.arith import ArithConfig, state_memento_share, write_arith_datasets
+from rl.console import Phase, quiet_third_party
+from rl.data.arith import ArithConfig, state_memento_share, state_mementos, write_arith_datasets
 from rl.eval.evaluate import EvalConfig, evaluate
 from rl.sft.train import SFTConfig, run_sft
 
@@ -45,6 +51,7 @@ class DemoConfig:
     min_steps: int = 2
     max_steps: int = 3
     ops: list[str] = field(default_factory=lambda: ["add", "sub"])
+    operand_max: int = 9
     value_max: int = 50
     # A quarter of the SFT traces' mementos drop the running value, as an imperfect teacher's
     # summaries do: once the block is evicted the model must guess, and RL has to learn to carry
@@ -63,6 +70,7 @@ class DemoConfig:
     rl_prompts: int = 8
     rl_group: int = 8
     rl_lr: float = 1e-4
+    rl_temperature: float = 1.0
     # trainer.overlap_rollout: off, because on 2 cores the engine and the actor then share the CPU
     # and a step took 8.0 s instead of 6.4 s (3.6 s generation + 2.8 s training, in turn)
     rl_overlap: bool = False
@@ -70,6 +78,9 @@ class DemoConfig:
     eval_temperature: float = 1.0
     eval_samples: int = 4
     max_response_length: int = 320
+    # false: one line per phase with progress and ETA; true: every library's own logging too
+    # (vLLM INFO, Ray workers' output, progress bars) and the trainer's per-step console line
+    verbose: bool = False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_demo(cfg: DemoConfig) -> None:
     started = time.perf_counter()
+    if not cfg.verbose:
+        quiet_third_party()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -88,7 +101,8 @@ def run_demo(cfg: DemoConfig) -> None:
                                  intermediate_size=3 * cfg.hidden_size,
                                  num_hidden_layers=cfg.num_hidden_layers, initializer_range=0.02)
     task = ArithConfig(min_steps=cfg.min_steps, max_steps=cfg.max_steps, ops=tuple(cfg.ops),
-                       value_max=cfg.value_max, lossy_memento_rate=cfg.lossy_memento_rate)
+                       operand_max=cfg.operand_max, value_max=cfg.value_max,
+                       lossy_memento_rate=cfg.lossy_memento_rate)
     files = write_arith_datasets(out / "data", n_train=cfg.n_train, n_val=cfg.n_heldout,
                                  seed=cfg.seed, cfg=task)
     sft_val = split_off(files.sft_train, out / "data" / "arith_sft_select.jsonl", 64)
@@ -102,18 +116,17 @@ def run_demo(cfg: DemoConfig) -> None:
                                           lr_scheduler_type=cfg.sft_lr_scheduler, min_lr_ratio=0.1))
     common = dict(train_files=[str(files.sft_train)], val_files=[str(sft_val)], max_length=512,
                   batch_size=cfg.sft_batch_size, seed=cfg.seed, actor=actor)
-    stage1 = run_sft(SFTConfig(model=ModelConfig(path=str(model_dir)), stage="full",
-                               output_dir=str(out / "sft_full"),
-                               epochs=100, max_steps=cfg.sft_steps_full, eval_every=50, **common))
-    stage2 = run_sft(SFTConfig(model=ModelConfig(path=str(stage1.best_dir)), stage="memento",
-                               output_dir=str(out / "sft_memento"), epochs=100,
-                               max_steps=cfg.sft_steps_memento, eval_every=25, **common))
-    stamp(started, f"SFT done: stage 1 val loss {stage1.best_val_loss:.4f}, "
-                   f"stage 2 val loss {stage2.best_val_loss:.4f}")
+    stage1 = sft_stage(started, "SFT stage 1 (full attention)", cfg, SFTConfig(
+        model=ModelConfig(path=str(model_dir)), stage="full", output_dir=str(out / "sft_full"),
+        epochs=100, max_steps=cfg.sft_steps_full, eval_every=50, **common))
+    stage2 = sft_stage(started, "SFT stage 2 (memento layout)", cfg, SFTConfig(
+        model=ModelConfig(path=str(stage1.best_dir)), stage="memento",
+        output_dir=str(out / "sft_memento"), epochs=100, max_steps=cfg.sft_steps_memento,
+        eval_every=25, **common))
 
     # 4. held-out accuracy after SFT
-    before = heldout_eval(stage2.best_dir, files.rl_val, out / "eval_sft", cfg)
-    stamp(started, f"after SFT: accuracy {before['accuracy']:.3f}")
+    before = heldout_eval(started, "held-out eval after SFT", stage2.best_dir, files.rl_val,
+                          out / "eval_sft", cfg)
 
     # 5. GRPO through the memento engine
     from rl.train import Trainer
@@ -126,31 +139,59 @@ def run_demo(cfg: DemoConfig) -> None:
             "model": {"path": str(stage2.best_dir)},
             "actor": {"ppo_mini_batch_size": cfg.rl_prompts, "ppo_max_token_len_per_gpu": 8192,
                       "cpus_per_worker": cpus, "optim": {"lr": cfg.rl_lr}},
-            "rollout": {"n": cfg.rl_group, "temperature": 1.0, "kv_cache_memory_bytes": 512 << 20}},
+            "rollout": {"n": cfg.rl_group, "temperature": cfg.rl_temperature,
+                        "kv_cache_memory_bytes": 512 << 20}},
         "trainer": {"total_training_steps": cfg.rl_steps, "save_freq": 0, "resume": False,
                     "default_local_dir": str(out / "grpo"), "experiment_name": "demo-grpo",
-                    "seed": cfg.seed, "overlap_rollout": cfg.rl_overlap}})
+                    "seed": cfg.seed, "overlap_rollout": cfg.rl_overlap,
+                    "logger": ["console", "wandb"] if cfg.verbose else ["wandb"]}})
+    phase = Phase(started, "GRPO", cfg.rl_steps)
     trainer = Trainer(rl_cfg)
     try:
-        history = trainer.fit()
+        history = trainer.fit(on_step=lambda step, m: phase.update(
+            step, f"reward {m['reward/mean']:.2f}"))
         wandb_dir = trainer.tracker.run_path
     finally:
         trainer.close()
-    stamp(started, "GRPO done")
+    window = history[-min(5, len(history)):]
+    last_reward = np.mean([m["reward/mean"] for m in window])
+    phase.done(f"reward {last_reward:.2f} (mean of the last {len(window)} steps)")
 
     # 6. held-out accuracy after RL, summary and plots
-    after = heldout_eval(out / "grpo" / "hf", files.rl_val, out / "eval_rl", cfg)
+    after = heldout_eval(started, "held-out eval after RL", out / "grpo" / "hf", files.rl_val,
+                         out / "eval_rl", cfg)
     plots = write_plots(out, history, before, after)
+    gain, gain_se = paired_gain(before["records"], after["records"])
     summary = {"accuracy_after_sft": before["accuracy"], "accuracy_after_rl": after["accuracy"],
-               "accuracy_stderr_after_rl": after["stderr"], "heldout_problems": cfg.n_heldout,
+               "accuracy_stderr_after_sft": before["stderr"],
+               "accuracy_stderr_after_rl": after["stderr"], "gain": gain, "gain_stderr": gain_se,
+               "heldout_problems": cfg.n_heldout,
                "blocks_per_response": after["blocks"], "peak_kv_memento": after["peak"],
                "peak_kv_full": after["full_peak"], "evictions_per_response": after["evictions"],
-               "state_mementos_after_sft": before["state_mementos"],
-               "state_mementos_after_rl": after["state_mementos"],
+               **{f"{key}_after_{name}": result[key]
+                  for name, result in (("sft", before), ("rl", after))
+                  for key in ("state_mementos", "accuracy_all_carry", "accuracy_some_dropped",
+                              "responses_all_carry")},
                "minutes": (time.perf_counter() - started) / 60, "wandb_run": wandb_dir,
                "plots": [str(p) for p in plots], "config": asdict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
+
+
+def sft_stage(started: float, name: str, cfg: DemoConfig, sft: SFTConfig):
+    """One SFT stage behind a progress line (per-step lines instead when verbose)."""
+    phase = Phase(started, name, sft.max_steps)
+    best = [float("inf")]
+
+    def on_step(record: dict, steps_total: int) -> None:
+        phase.total = steps_total
+        best[0] = min(best[0], record.get("val_loss", best[0]))
+        phase.update(record["step"], f"loss {record['loss']:.3f}, best val {best[0]:.3f}")
+
+    result = run_sft(sft, log=print if cfg.verbose else (lambda message: None),
+                     on_step=None if cfg.verbose else on_step)
+    phase.done(f"best val loss {result.best_val_loss:.4f}")
+    return result
 
 
 def split_off(path: Path, dest: Path, count: int) -> Path:
@@ -161,24 +202,50 @@ def split_off(path: Path, dest: Path, count: int) -> Path:
     return dest
 
 
-def heldout_eval(model_dir: Path, rl_val: Path, out_dir: Path, cfg: DemoConfig) -> dict:
-    """pass@1 on the held-out problems through the memento engine, with its KV counters."""
+def heldout_eval(started: float, name: str, model_dir: Path, rl_val: Path, out_dir: Path,
+                 cfg: DemoConfig) -> dict:
+    """pass@1 on the held-out problems through the memento engine, with its KV counters and what
+    the mementos carried."""
+    phase = Phase(started, name, cfg.n_heldout)
     summary = evaluate(EvalConfig(
         model_path=str(model_dir), benchmark_files=[str(rl_val)], output_dir=str(out_dir),
         sampling=SamplingConfig(n=cfg.eval_samples, temperature=cfg.eval_temperature, top_p=1.0,
                                 top_k=0),
-        max_tokens=cfg.max_response_length,
-        seed=cfg.seed + 1, dtype="float32", kv_cache_memory_bytes=512 << 20, save_responses=True))
+        # 50 problems x eval_samples sequences per engine call keep the CPU engine busy
+        max_tokens=cfg.max_response_length, chunk_size=50,
+        seed=cfg.seed + 1, dtype="float32", kv_cache_memory_bytes=512 << 20, save_responses=True),
+        on_progress=lambda done, total: phase.update(done))
     records = [json.loads(line) for line in (out_dir / "problems.jsonl").read_text().splitlines()]
     responses = [r for rec in records for r in rec["responses"]]
     (bench,) = summary["benchmarks"].values()  # one benchmark file
-    return {"accuracy": bench["pass@1"], "stderr": bench["pass@1_se"],
-            "blocks": float(np.mean([r["blocks"] for r in responses])),
-            "peak": float(np.mean([r["engine_peak_tokens"] for r in responses])),
-            "full_peak": float(np.mean([r["full_peak_tokens"] for r in responses])),
-            "evictions": float(np.mean([r["num_evictions"] for r in responses])),
-            "state_mementos": state_memento_share([r["text"] for r in responses]),
-            "records": records}
+    carry = [all(state_mementos(r["text"])) and bool(state_mementos(r["text"])) for r in responses]
+    correct = [bool(r["correct"]) for r in responses]
+    result = {"accuracy": bench["pass@1"], "stderr": bench["pass@1_se"],
+              "blocks": float(np.mean([r["blocks"] for r in responses])),
+              "peak": float(np.mean([r["engine_peak_tokens"] for r in responses])),
+              "full_peak": float(np.mean([r["full_peak_tokens"] for r in responses])),
+              "evictions": float(np.mean([r["num_evictions"] for r in responses])),
+              "state_mementos": state_memento_share([r["text"] for r in responses]),
+              "responses_all_carry": float(np.mean(carry)),
+              "accuracy_all_carry": mean_where(correct, carry, True),
+              "accuracy_some_dropped": mean_where(correct, carry, False),
+              "records": records}
+    phase.done(f"accuracy {result['accuracy']:.3f} (+/- {result['stderr']:.3f}), "
+               f"mementos carrying the value {result['state_mementos']:.2f}")
+    return result
+
+
+def mean_where(values: list[bool], flags: list[bool], flag: bool) -> float:
+    picked = [v for v, f in zip(values, flags) if f == flag]
+    return float(np.mean(picked)) if picked else float("nan")
+
+
+def paired_gain(before: list[dict], after: list[dict]) -> tuple[float, float]:
+    """Mean per-problem pass@1 change and its standard error over problems (both evaluations
+    sample the same held-out problems, so the pairing removes the problems' own spread)."""
+    after_by_id = {r["id"]: r["pass@1"] for r in after}
+    diffs = np.array([after_by_id[r["id"]] - r["pass@1"] for r in before])
+    return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
 
 
 def write_plots(out: Path, history: list[dict], before: dict, after: dict) -> list[Path]:
@@ -229,15 +296,22 @@ def line_plot(path: Path, title: str, xlabel: str, ylabel: str | None, series: l
 
 
 def print_summary(s: dict) -> None:
+    def pair(key: str) -> str:
+        return f"{s[key + '_after_sft']:.2f} -> {s[key + '_after_rl']:.2f}"
+
     rows = [
-        ("held-out accuracy after SFT", f"{s['accuracy_after_sft']:.3f}"),
+        ("held-out accuracy after SFT", f"{s['accuracy_after_sft']:.3f} "
+                                         f"(+/- {s['accuracy_stderr_after_sft']:.3f})"),
         ("held-out accuracy after RL", f"{s['accuracy_after_rl']:.3f} "
                                         f"(+/- {s['accuracy_stderr_after_rl']:.3f})"),
+        ("gain (paired over problems)", f"{s['gain']:+.3f} (+/- {s['gain_stderr']:.3f})"),
         ("held-out problems", str(s["heldout_problems"])),
+        ("mementos carrying the value, SFT -> RL", pair("state_mementos")),
+        ("responses whose mementos all carry it", pair("responses_all_carry")),
+        ("  accuracy of those, SFT -> RL", pair("accuracy_all_carry")),
+        ("  accuracy of the rest, SFT -> RL", pair("accuracy_some_dropped")),
         ("blocks per response", f"{s['blocks_per_response']:.2f}"),
         ("evictions per response (engine)", f"{s['evictions_per_response']:.2f}"),
-        ("mementos carrying the value, SFT -> RL",
-         f"{s['state_mementos_after_sft']:.2f} -> {s['state_mementos_after_rl']:.2f}"),
         ("peak KV tokens, memento (engine)", f"{s['peak_kv_memento']:.1f}"),
         ("peak KV tokens, full attention", f"{s['peak_kv_full']:.1f}"),
         ("wall time", f"{s['minutes']:.1f} min"),

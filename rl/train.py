@@ -73,13 +73,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self) -> list[dict[str, float]]:
+    def fit(self, on_step=None) -> list[dict[str, float]]:
+        """Train to trainer.total_training_steps; `on_step(step, metrics)` after each step."""
         history = []
         try:
             while self.step_count < self.cfg.trainer.total_training_steps:
                 metrics = self.step()
                 history.append(metrics)
                 self.tracker.log(self.step_count, metrics)
+                if on_step is not None:
+                    on_step(self.step_count, metrics)
                 freq = self.cfg.trainer.save_freq
                 last = self.step_count == self.cfg.trainer.total_training_steps
                 if last or (freq > 0 and self.step_count % freq == 0):

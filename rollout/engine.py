@@ -110,6 +110,9 @@ class MementoEngine:
                     raise ValueError(f"memento mode needs {key}=False (got True)")
         settings = dict(enforce_eager=True, enable_prefix_caching=False, async_scheduling=False,
                         logprobs_mode="processed_logprobs",
+                        # vLLM passes its load bar an explicit disable flag, which TQDM_DISABLE
+                        # (set by quiet runs: rl.console) cannot override
+                        use_tqdm_on_load=os.environ.get("TQDM_DISABLE", "0") in ("0", ""),
                         weight_transfer_config={"backend": weight_transfer_backend},
                         logits_processors=[
                             "rollout.vllm_plugin.logits:ScriptLogitsProcessor",

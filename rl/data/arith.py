@@ -189,13 +189,16 @@ _MEMENTO = re.compile(re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END
 _STATE_MEMENTO = re.compile(r"After step \d+: -?\d+")
 
 
+def state_mementos(response: str) -> list[bool]:
+    """For each memento of a response, whether it carries a running value ("After step k: v")
+    rather than dropping it ("Step k done.") or saying anything else."""
+    return [bool(_STATE_MEMENTO.fullmatch(m)) for m in _MEMENTO.findall(response)]
+
+
 def state_memento_share(responses: Sequence[str]) -> float:
-    """Share of the mementos in `responses` that carry a running value ("After step k: v"), as
-    opposed to lossy ones ("Step k done.") or anything else; NaN if there are no mementos."""
-    mementos = [m for text in responses for m in _MEMENTO.findall(text)]
-    if not mementos:
-        return float("nan")
-    return sum(bool(_STATE_MEMENTO.fullmatch(m)) for m in mementos) / len(mementos)
+    """Share of the mementos in `responses` that carry a running value; NaN if there are none."""
+    flags = [flag for text in responses for flag in state_mementos(text)]
+    return sum(flags) / len(flags) if flags else float("nan")
 
 
 def rl_row(problem: ArithProblem, index: int, split: str) -> dict:

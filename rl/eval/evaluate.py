@@ -313,13 +313,16 @@ def layout_for(cfg: EvalConfig, tokenizer) -> MementoConfig | None:
         return None
 
 
-def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -> dict:
+def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None,
+             on_progress=None) -> dict:
     """Run (or resume) the evaluation; returns the summary written to results.json.
 
     Args:
         engine: a built `MementoEngine` to use instead of building one from cfg (tests).
         sampling_hooks: test hooks set on every `Sampling` (`script`, `ban_token_ids`), e.g. to
             make a random model write mementos.
+        on_progress: called as `on_progress(problems_done, problems_total)` after each chunk,
+            in place of the progress bar.
     """
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -343,7 +346,7 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
             engine = build_engine(cfg, max(len(p.prompt_ids) for p in problems) + cfg.max_tokens)
         with RewardManager(cfg.reward) as rewards, tqdm(
                 total=len(problems), initial=len(problems) - len(todo), unit="problem",
-                desc=f"eval {out.name}") as bar:
+                desc=f"eval {out.name}", disable=on_progress is not None) as bar:
             for chunk in chunks(todo, cfg.chunk_size):
                 s = cfg.sampling
                 sampling = Sampling(n=s.n, temperature=s.temperature, top_p=s.top_p,
@@ -357,6 +360,8 @@ def evaluate(cfg: EvalConfig, engine=None, sampling_hooks: dict | None = None) -
                 append_records(results_path, records)
                 finished.update((r["id"], r) for r in records)
                 bar.update(len(chunk))
+                if on_progress is not None:  # bar.n stands still when tqdm is disabled
+                    on_progress(sum(p.id in finished for p in problems), len(problems))
 
     records = [finished[p.id] for p in problems]
     bytes_per_token = model_kv_bytes_per_token(cfg.model_path, cfg.dtype)

@@ -85,7 +85,9 @@ def to_batch(samples: list[SFTSample], layout: MementoConfig | None) -> RolloutB
     return batch
 
 
-def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
+def run_sft(cfg: SFTConfig, log=print, on_step=None) -> SFTResult:
+    """Train one stage; `log` takes messages, and each step's record (step, loss, lr, val_loss
+    when validated) goes to `on_step(record, steps_total)` if given, else to `log` as a line."""
     from transformers import AutoTokenizer
 
     from rl import cluster
@@ -133,8 +135,11 @@ def run_sft(cfg: SFTConfig, log=print) -> SFTResult:
                         best = record["val_loss"]
                         group.call("save_hf", str(best_dir))
                         tokenizer.save_pretrained(best_dir)
-                log(f"sft[{cfg.stage}] step {step}/{steps_total} " +
-                    " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
+                if on_step is not None:
+                    on_step(record, steps_total)
+                else:
+                    log(f"sft[{cfg.stage}] step {step}/{steps_total} " +
+                        " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step"))
                 history.append(record)
         if val is None:  # no validation data: the last weights are the result
             group.call("save_hf", str(best_dir))

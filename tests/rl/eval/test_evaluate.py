@@ -165,7 +165,9 @@ def test_interrupted_eval_resumes_without_repeating_problems(tiny_model_dir, eng
         f.write('{"id": "arith_val/3", "benc')  # a write torn by the interruption
 
     second = Recorder(engine)
-    summary = evaluate(cfg, second, hooks)
+    progress = []
+    summary = evaluate(cfg, second, hooks, on_progress=lambda *counts: progress.append(counts))
+    assert progress == [(6, 8), (8, 8)]  # counts the problems finished before the interruption
     # Only the 5 unfinished problems (positions 3..7 over both files) were generated, in chunks
     # of at most 3, each seeded as in an uninterrupted run: seed + position * n.
     assert [len(p) for p, _ in second.calls] == [3, 2]
