@@ -5,7 +5,7 @@
 
 1. build a tokenizer with the memento tokens and a small random Qwen3 model (no downloads);
 2. generate the built-in block-structured arithmetic task and memento-format solution traces,
-   a quarter of whose mementos are lossy (they drop the running value);
+   half of whose mementos are lossy (they drop the running value);
 3. SFT stage 1 (full causal attention), then stage 2 (memento layout) from the best stage-1
    checkpoint;
 4. evaluate held-out accuracy through the memento vLLM engine;
@@ -47,35 +47,40 @@ class DemoConfig:
     # model: a small Qwen3 (about 0.9M parameters)
     hidden_size: int = 128
     num_hidden_layers: int = 4
-    # task
+    # task: small operands and values keep the arithmetic inside a block learnable in the SFT
+    # budget (with values to 30 and operands to 9 the model got only a third of its kept-value
+    # responses right, and the reward could not tell a good memento from a lossy one)
     min_steps: int = 2
     max_steps: int = 3
     ops: list[str] = field(default_factory=lambda: ["add", "sub"])
-    operand_max: int = 9
-    value_max: int = 50
-    # A quarter of the SFT traces' mementos drop the running value, as an imperfect teacher's
+    operand_max: int = 5
+    value_max: int = 20
+    # Half of the SFT traces' mementos drop the running value, as an imperfect teacher's
     # summaries do: once the block is evicted the model must guess, and RL has to learn to carry
-    # the state forward (the paper's RL recovers what SFT on imperfect mementos loses).
-    lossy_memento_rate: float = 0.25
+    # the state forward (the paper's RL recovers what SFT on imperfect mementos loses). At one
+    # half the choice stays a coin flip at any sampling temperature, and it is the main thing the
+    # reward depends on.
+    lossy_memento_rate: float = 0.5
     n_train: int = 4000
     n_heldout: int = 200
     # SFT
-    sft_steps_full: int = 600
-    sft_steps_memento: int = 200
+    sft_steps_full: int = 450  # 300 steps left the model misreading the prompt (docs/history.md)
+    sft_steps_memento: int = 150
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
     sft_lr_scheduler: Literal["constant", "cosine"] = "cosine"  # "constant" or "cosine" (down to 0.1 x sft_lr) per stage
     # GRPO
-    rl_steps: int = 30
+    rl_steps: int = 20
     rl_prompts: int = 8
     rl_group: int = 8
     rl_lr: float = 1e-4
-    rl_temperature: float = 1.0
+    # below 1, so fewer samples fail on a slip inside a block and the reward follows the mementos
+    rl_temperature: float = 0.6
     # trainer.overlap_rollout: off, because on 2 cores the engine and the actor then share the CPU
     # and a step took 8.0 s instead of 6.4 s (3.6 s generation + 2.8 s training, in turn)
     rl_overlap: bool = False
-    # evaluation: pass@1 with sampling at the RL temperature, `eval_samples` per problem
-    eval_temperature: float = 1.0
+    # evaluation: pass@1 sampled at `eval_temperature` (the RL one), `eval_samples` per problem
+    eval_temperature: float = 0.6
     eval_samples: int = 4
     max_response_length: int = 320
     # false: one line per phase with progress and ETA; true: every library's own logging too
