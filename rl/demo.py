@@ -223,7 +223,8 @@ def heldout_eval(started: float, name: str, model_dir: Path, rl_val: Path, out_d
     records = [json.loads(line) for line in (out_dir / "problems.jsonl").read_text().splitlines()]
     responses = [r for rec in records for r in rec["responses"]]
     (bench,) = summary["benchmarks"].values()  # one benchmark file
-    carry = [all(state_mementos(r["text"])) and bool(state_mementos(r["text"])) for r in responses]
+    flags = [state_mementos(r["text"]) for r in responses]
+    carry = [bool(f) and all(f) for f in flags]
     correct = [bool(r["correct"]) for r in responses]
     result = {"accuracy": bench["pass@1"], "stderr": bench["pass@1_se"],
               "blocks": float(np.mean([r["blocks"] for r in responses])),

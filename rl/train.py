@@ -319,7 +319,7 @@ class Trainer:
     def batch_metrics(self, batch: RolloutBatch, entropy) -> dict[str, float]:
         lengths = batch.response_lengths
         stats = [sample_stats(p, r, self.memento, ev)
-              for p, r, ev in zip(batch.prompt_ids, batch.response_ids, batch.evict_at)]
+                 for p, r, ev in zip(batch.prompt_ids, batch.response_ids, batch.evict_at)]
         mask = batch.loss_mask.bool()
         metrics = {
             "response/length_mean": float(lengths.mean()),
