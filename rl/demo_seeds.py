@@ -5,8 +5,8 @@
     (conf/demo_seeds.yaml)
 
 Each seed runs `python -m rl.demo seed=<s>` in its own process (a fresh Ray and engine), into
-`<out_dir>/seed_<s>`. A seed whose `summary.json` is there with the same demo settings is not run
-again, so an interrupted sweep resumes; a seed directory without one is cleared and rerun. The
+`<out_dir>/seed_<s>`. A seed whose `summary.json` is there with the same demo settings and commit is not
+run again, so an interrupted sweep resumes; a seed directory without one is cleared and rerun. The
 table names the CPU, the core count, the date and the commit, and is written to
 `<out_dir>/results.md` and between README's `demo-seeds` markers.
 """
@@ -22,6 +22,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rl.shutdown import reap_children_at_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- demo-seeds:begin -->", "<!-- demo-seeds:end -->"
@@ -44,7 +46,7 @@ def run_seed(seed: int, out: Path, overrides: list[str]) -> dict:
     summary_path = out / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        if summary.get("overrides") == overrides:
+        if summary.get("overrides") == overrides and summary.get("commit") == commit():
             print(f"seed {seed}: finished earlier, reusing {summary_path}", flush=True)
             return summary
     if out.exists():
@@ -58,7 +60,7 @@ def run_seed(seed: int, out: Path, overrides: list[str]) -> dict:
         raise SystemExit(f"seed {seed} failed (exit {result.returncode}); its output is in {out}. "
                          "Rerun the same command to resume with the remaining seeds.")
     summary = json.loads(summary_path.read_text())
-    summary["overrides"] = overrides
+    summary["overrides"], summary["commit"] = overrides, commit()
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -86,16 +88,19 @@ def improved(s: dict) -> bool:
 def results_table(summaries: dict[int, dict], overrides: list[str]) -> str:
     """Markdown: one row per seed, then where and when it was measured."""
     rows = ["| seed | after SFT | after RL | gain (s.e.) | RL improved it | mementos carrying "
-            "the value, SFT -> RL | accuracy when all do, SFT -> RL | wall time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "the value, SFT -> RL | accuracy when all do, SFT -> RL | dropped values back "
+            "after eviction, SFT -> RL | wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, s in summaries.items():
         rows.append(
             f"| {seed} | {s['accuracy_after_sft']:.3f} | {s['accuracy_after_rl']:.3f} | "
             f"{s['gain']:+.3f} ({s['gain_stderr']:.3f}) | {'yes' if improved(s) else 'no'} | "
             f"{s['state_mementos_after_sft']:.2f} -> {s['state_mementos_after_rl']:.2f} | "
             f"{s['accuracy_all_carry_after_sft']:.2f} -> {s['accuracy_all_carry_after_rl']:.2f} | "
+            f"{s['recovered_after_lossy_after_sft']:.2f} -> {s['recovered_after_lossy_after_rl']:.2f} | "
             f"{s['minutes']:.1f} min |")
     problems = {s["heldout_problems"] for s in summaries.values()}
+    chance = max(s["recovered_by_chance"] for s in summaries.values())
     settings = f" with `{' '.join(overrides)}`" if overrides else " with the defaults"
     rows.append("")
     rows.append(f"Written by `python -m rl.demo_seeds`{settings} on {cpu_model()} "
@@ -103,7 +108,9 @@ def results_table(summaries: dict[int, dict], overrides: list[str]) -> str:
                 f"{commit()}. Held-out problems: {', '.join(map(str, sorted(problems)))}; the gain "
                 f"is the mean per-problem change in pass@1 and its standard error over problems; "
                 f"\"RL improved it\" means a gain of at least {MIN_GAIN:.2f} and beyond 2 standard "
-                "errors.")
+                "errors; \"dropped values back\" is the share of lossy mementos after which the "
+                "model went on from the value they dropped (a guess finds it by chance "
+                f"{chance:.2f} of the time).")
     return "\n".join(rows)
 
 
@@ -120,6 +127,7 @@ def write_between_markers(path: Path, text: str) -> None:
 def run_seeds(cfg: DemoSeedsConfig) -> str:
     if not cfg.seeds:
         raise SystemExit("seeds is empty")
+    reap_children_at_exit()  # stopping the sweep stops the seed's run too
     out = Path(cfg.out_dir).resolve()
     summaries = {seed: run_seed(seed, out / f"seed_{seed}", list(cfg.demo_overrides))
                  for seed in cfg.seeds}

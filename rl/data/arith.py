@@ -2,7 +2,7 @@
 
     Start with 7. Add 5. Multiply by 3. Subtract 4. What is the result?
 
-Each reasoning block does one step (or `steps_per_block` steps) and checks it; its memento
+Each reasoning block does one step (or `steps_per_block` steps); its memento
 ("After step 2: 36") carries the running value forward, so the next block needs only the prompt
 and the mementos: the block can be evicted without losing anything. That makes the task a small,
 exact test of the memento method, and its difficulty is set by the number of steps and the
@@ -22,9 +22,10 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
-from rewards.format import SUMMARY_END, SUMMARY_START, render_memento
+from rewards.format import (BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END,
+                            render_memento)
 from rl.data.rows import DataError, write_jsonl
 
 Op = Literal["add", "sub", "mul", "div"]
@@ -39,8 +40,8 @@ _PHRASE = {"add": "Add {}.", "sub": "Subtract {}.", "mul": "Multiply by {}.", "d
 @dataclass(frozen=True)
 class ArithConfig:
     """Difficulty. Steps are drawn from [min_steps, max_steps], operands from [1, operand_max]
-    (multiplier / divisor from [2, operand_max]); a step that would leave |value| > value_max is
-    redrawn."""
+    (multiplier / divisor from [2, operand_max]); a step that would leave the value outside
+    [low, value_max] is redrawn."""
 
     min_steps: int = 2
     max_steps: int = 4
@@ -49,9 +50,17 @@ class ArithConfig:
     value_max: int = 999
     ops: tuple[Op, ...] = ("add", "sub", "mul", "div")
     steps_per_block: int = 1
+    # SFT traces only: write an add/subtract step as counting by one ("9 + 3: 10 11 12"), so the
+    # only fact a block needs is the next (or previous) number; multiply/divide steps are direct
+    count_steps: bool = False
+    # keep every value in [0, value_max] (else [-value_max, value_max]): a small model learns
+    # arithmetic on negative numbers far more slowly (about 20% of its steps right, against 60-78%
+    # on non-negative ones, after the same short SFT)
+    nonnegative: bool = False
     # SFT traces only: the share of mementos that drop the running value ("Step 2 done."), as an
-    # imperfect teacher's summaries do. Once its block is evicted, the value is gone, so such a
-    # trace teaches the model to guess; RL can learn to always carry the state forward.
+    # imperfect teacher's summaries do. The trace then goes on from a guessed value (see
+    # `solution_trace`), so SFT teaches the model to guess once such a block is evicted, and RL
+    # can learn to always carry the state forward.
     lossy_memento_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -67,6 +76,11 @@ class ArithConfig:
             raise ValueError(f"steps_per_block must be >= 1, got {self.steps_per_block}")
         if not 0.0 <= self.lossy_memento_rate <= 1.0:
             raise ValueError(f"lossy_memento_rate must be in [0, 1], got {self.lossy_memento_rate}")
+
+    @property
+    def low(self) -> int:
+        """The least value a problem may reach."""
+        return 0 if self.nonnegative else -self.value_max
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,7 @@ def _draw_step(rng: random.Random, value: int, cfg: ArithConfig) -> ArithStep | 
             step = ArithStep(op, rng.choice(divisors))
         else:
             step = ArithStep(op, rng.randint(low, cfg.operand_max))
-        if abs(step.apply(value)) <= cfg.value_max:
+        if cfg.low <= step.apply(value) <= cfg.value_max:
             return step
     return None
 
@@ -155,34 +169,78 @@ def generate_problems(n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -
 # ----------------------------------------------------------------------------- traces
 
 
-def _step_text(k: int, step: ArithStep, before: int, after: int) -> str:
-    sym, inv = _SYMBOL[step.op], _SYMBOL[_INVERSE[step.op]]
-    return (f"Step {k}: {before} {sym} {step.operand} = {after}. "
-            f"Check: {after} {inv} {step.operand} = {before}. ")
+def _step_text(k: int, step: ArithStep, before: int, after: int, count: bool) -> str:
+    """"Step k: <the question's phrase>: <work>. ", the phrase copied from the question."""
+    if count and step.op in ("add", "sub"):
+        sign = 1 if step.op == "add" else -1
+        work = " ".join(str(before + sign * i) for i in range(1, step.operand + 1))
+    else:
+        work = f"{before} {_SYMBOL[step.op]} {step.operand} = {after}"
+    return f"Step {k}: {_PHRASE[step.op].format(step.operand)[:-1]}: {work}. "
 
 
 def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
-                   lossy: Sequence[bool] = ()) -> str:
+                   guesses: Mapping[int, int] | None = None, count_steps: bool = False) -> str:
     """Memento-format solution: one block per `steps_per_block` steps, each memento the state.
 
-    A block states the value it starts from (read from the previous memento), does its steps
-    with an inverse check, and ends with the new value; the memento is "After step k: v", or
-    "Step k done." for the blocks flagged in `lossy` (block index -> True).
-    Blocks are ~4x longer than mementos. The answer follows `</think>` as \\boxed{N}. Lossy or
-    not, the trace passes the SFT data check (`rl.data.sft_dataset.check_memento_response`), and
-    so the format reward's.
+    A block states the value it starts from (read from the previous memento), does its steps and
+    ends with the new value; its memento is "After step k: v". A block in `guesses` (block index
+    -> value) gets a lossy memento, "Step k done.", and the trace goes on from the guessed value
+    instead (the next block starts from it, or the answer is it after the last block): with the
+    block evicted nothing visible holds the value, and a trace that recovered it anyway would
+    teach the model to read it from the memento's KV, which is written while the block is still
+    visible (the channel the paper's restart ablation measures; a model trained on such traces
+    lost almost nothing to its lossy mementos, leaving RL nothing to fix). `count_steps` writes
+    add/subtract steps as counting by one (`ArithConfig.count_steps`). The answer follows
+    `</think>` as \\boxed{N}. Every trace passes the SFT data check
+    (`rl.data.sft_dataset.check_memento_response`), and so the format reward's.
     """
-    values = [problem.start, *problem.values]
-    blocks, mementos = [], []
+    guesses = guesses or {}
+    blocks, mementos, value = [], [], problem.start
     for index, first in enumerate(range(0, len(problem.steps), steps_per_block)):
         last = min(first + steps_per_block, len(problem.steps))
-        text = f"Value is {values[first]}. "
+        text = f"Value is {value}. "
         for k in range(first, last):
-            text += _step_text(k + 1, problem.steps[k], values[k], values[k + 1])
-        blocks.append(text + f"Now {values[last]}.")
-        is_lossy = index < len(lossy) and lossy[index]
-        mementos.append(f"Step {last} done." if is_lossy else f"After step {last}: {values[last]}")
-    return render_memento(blocks, mementos, f"\\boxed{{{problem.answer}}}")
+            after = problem.steps[k].apply(value)
+            text += _step_text(k + 1, problem.steps[k], value, after, count_steps)
+            value = after
+        blocks.append(text + f"Now {value}.")
+        if index in guesses:
+            mementos.append(f"Step {last} done.")
+            value = guesses[index]
+        else:
+            mementos.append(f"After step {last}: {value}")
+    return render_memento(blocks, mementos, f"\\boxed{{{value}}}")
+
+
+def draw_guesses(problem: ArithProblem, cfg: ArithConfig, rng: random.Random) -> dict[int, int]:
+    """Which blocks of `problem`'s trace get a lossy memento (each with `cfg.lossy_memento_rate`)
+    and the value the trace goes on from after each: uniform in [low, value_max] and
+    independent of the dropped one, redrawn until the later steps stay within that range and
+    their divisions exact, as the problem's own values do (a block whose guess finds none in 100
+    draws keeps its value)."""
+    guesses: dict[int, int] = {}
+    starts = range(0, len(problem.steps), cfg.steps_per_block)
+    for index, first in enumerate(starts):
+        if rng.random() >= cfg.lossy_memento_rate:
+            continue
+        rest = problem.steps[first + cfg.steps_per_block:]
+        for _ in range(100):
+            guess = rng.randint(cfg.low, cfg.value_max)
+            if _in_range(guess, rest, cfg):
+                guesses[index] = guess
+                break
+    return guesses
+
+
+def _in_range(value: int, steps: Sequence[ArithStep], cfg: ArithConfig) -> bool:
+    for step in steps:
+        if step.op == "div" and value % step.operand:
+            return False
+        value = step.apply(value)
+        if not cfg.low <= value <= cfg.value_max:
+            return False
+    return True
 
 
 _MEMENTO = re.compile(re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END), re.S)
@@ -193,6 +251,37 @@ def state_mementos(response: str) -> list[bool]:
     """For each memento of a response, whether it carries a running value ("After step k: v")
     rather than dropping it ("Step k done.") or saying anything else."""
     return [bool(_STATE_MEMENTO.fullmatch(m)) for m in _MEMENTO.findall(response)]
+
+
+_PAIR = re.compile(re.escape(BLOCK_START) + "(.*?)" + re.escape(BLOCK_END) + r"\s*"
+                   + re.escape(SUMMARY_START) + "(.*?)" + re.escape(SUMMARY_END), re.S)
+_LOSSY_MEMENTO = re.compile(r"Step \d+ done\.")
+_BLOCK_RESULT = re.compile(r"Now (-?\d+)\.\s*$")
+_BLOCK_INPUT = re.compile(r"\s*Value is (-?\d+)\.")
+_ANSWER = re.compile(r"\\boxed\{(-?\d+)\}")
+
+
+def recovered_after_lossy(response: str) -> list[bool]:
+    """For each lossy memento ("Step k done.") of a response: whether what comes next (the next
+    block's "Value is v", or the answer after the last block) holds the value its evicted block
+    ended on. Nothing the model can see after the eviction holds it, so a share above chance
+    means the model reads it from the memento's own KV states (the channel `solution_trace`'s
+    guesses keep SFT from teaching). Mementos whose block or successor does not parse are
+    skipped."""
+    pairs = list(_PAIR.finditer(response))
+    out = []
+    for i, pair in enumerate(pairs):
+        ended = _BLOCK_RESULT.search(pair.group(1))
+        if not _LOSSY_MEMENTO.fullmatch(pair.group(2)) or ended is None:
+            continue
+        if i + 1 < len(pairs):
+            after = _BLOCK_INPUT.match(pairs[i + 1].group(1))
+        else:
+            tail = response[pair.end():]
+            after = _ANSWER.search(tail) if THINK_END in tail else None
+        if after is not None:
+            out.append(after.group(1) == ended.group(1))
+    return out
 
 
 def state_memento_share(responses: Sequence[str]) -> float:
@@ -213,11 +302,10 @@ def rl_row(problem: ArithProblem, index: int, split: str) -> dict:
 
 def sft_row(problem: ArithProblem, cfg: ArithConfig, rng: random.Random) -> dict:
     """An OpenMementos-format row (`problem`, pre-assembled `response`) that rl.data.sft_dataset reads;
-    `rng` draws which mementos are lossy (`cfg.lossy_memento_rate`)."""
-    n_blocks = -(-len(problem.steps) // cfg.steps_per_block)
-    lossy = [rng.random() < cfg.lossy_memento_rate for _ in range(n_blocks)]
+    `rng` draws which mementos are lossy and what the trace guesses after them (`draw_guesses`)."""
     return {"problem": f"{problem.question} {INSTRUCTION}",
-            "response": solution_trace(problem, cfg.steps_per_block, lossy)}
+            "response": solution_trace(problem, cfg.steps_per_block,
+                                       draw_guesses(problem, cfg, rng), cfg.count_steps)}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ def test_scaled_down_pipeline_runs_end_to_end_quietly(tmp_path):
     assert summary["peak_kv_memento"] <= summary["peak_kv_full"]
     gain = summary["accuracy_after_rl"] - summary["accuracy_after_sft"]
     assert summary["gain"] == pytest.approx(gain)
-    for key in ("state_mementos", "responses_all_carry", "accuracy_all_carry"):
+    for key in ("state_mementos", "responses_all_carry", "accuracy_all_carry",
+                "recovered_after_lossy"):
         assert {f"{key}_after_sft", f"{key}_after_rl"} <= summary.keys()
     assert all((out / name).exists() for name in ("grpo_reward.png", "kv_sawtooth.png"))
     assert (out / "grpo" / "hf" / "model.safetensors").exists()

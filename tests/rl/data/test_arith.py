@@ -1,16 +1,18 @@
 """rl.data.arith: the arithmetic task's problems, exact answers, memento traces and files."""
 
 import math
+import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from rewards.math import score_math
 from rl.data.arith import (DATA_SOURCE, ArithConfig, ArithProblem, ArithStep, generate_problems,
-                           resolve_files, solution_trace, state_memento_share,
-                           write_arith_datasets)
+                           recovered_after_lossy, resolve_files, sft_row, solution_trace,
+                           state_memento_share, write_arith_datasets)
 from rl.data.prompts import PromptDataset
 from rl.data.rows import read_rows
 from rl.data.sft_dataset import SFTDataset, check_memento_response
@@ -54,9 +56,9 @@ def test_hand_worked_trace():
     problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("div", 2)))
     assert solution_trace(problem) == (
         "<think>\n"
-        "<|block_start|>Value is 9. Step 1: 9 - 3 = 6. Check: 6 + 3 = 9. Now 6.<|block_end|>\n"
+        "<|block_start|>Value is 9. Step 1: Subtract 3: 9 - 3 = 6. Now 6.<|block_end|>\n"
         "<|summary_start|>After step 1: 6<|summary_end|>\n"
-        "<|block_start|>Value is 6. Step 2: 6 / 2 = 3. Check: 3 * 2 = 6. Now 3.<|block_end|>\n"
+        "<|block_start|>Value is 6. Step 2: Divide by 2: 6 / 2 = 3. Now 3.<|block_end|>\n"
         "<|summary_start|>After step 2: 3<|summary_end|>\n"
         "</think>\n\\boxed{3}")
 
@@ -71,12 +73,14 @@ def test_generation_is_deterministic_distinct_and_prefix_stable():
 
 @pytest.mark.parametrize("cfg", [ArithConfig(), ArithConfig(min_steps=6, max_steps=8,
                                                             operand_max=20, value_max=5000),
-                                 ArithConfig(ops=("add", "sub"), min_steps=1, max_steps=1)])
+                                 ArithConfig(ops=("add", "sub"), min_steps=1, max_steps=1),
+                                 ArithConfig(ops=("add", "sub"), operand_max=5, value_max=20,
+                                             nonnegative=True)])
 def test_answers_are_exact_and_difficulty_is_respected(cfg):
     for problem in generate_problems(100, seed=1, cfg=cfg):
         assert solve_from_text(problem.question) == problem.answer
         assert cfg.min_steps <= len(problem.steps) <= cfg.max_steps
-        assert all(abs(v) <= cfg.value_max for v in problem.values)
+        assert all(cfg.low <= v <= cfg.value_max for v in problem.values)
         assert all(1 <= s.operand <= cfg.operand_max and s.op in cfg.ops for s in problem.steps)
 
 
@@ -119,12 +123,12 @@ def test_each_memento_carries_the_state_the_next_block_starts_from():
     assert [int(v) for v in starts] == [problem.start, *problem.values[:-1]]
 
 
-def test_easy_traces_are_short_and_blocks_several_times_their_mementos(tokenizer):
+def test_easy_traces_are_short_and_blocks_longer_than_their_mementos(tokenizer):
     mcfg = MementoConfig.from_tokenizer(tokenizer)  # byte-level: 1 char = 1 token
     for problem in generate_problems(200, seed=4):  # default: 2-4 steps
         ids = tokenizer(solution_trace(problem), add_special_tokens=False)["input_ids"]
-        assert 150 <= len(ids) <= 400
-        assert 3.0 <= memento_stats(ids, mcfg)["compression"] <= 6.0
+        assert 120 <= len(ids) <= 360
+        assert 2.5 <= memento_stats(ids, mcfg)["compression"] <= 4.0
 
 
 def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
@@ -145,33 +149,109 @@ def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
     assert sft[0].input_ids[:sft[0].prompt_length] == prompts[0].prompt_ids
 
 
-def test_lossy_mementos_drop_the_value_at_the_configured_rate(tmp_path):
+def test_a_lossy_memento_drops_the_value_and_the_trace_goes_on_from_the_guess():
     problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2)))
-    trace = solution_trace(problem, lossy=[True, False])
+    trace = solution_trace(problem, guesses={0: -11})
+    assert "<|block_start|>Value is 9. Step 1: Subtract 3: 9 - 3 = 6. Now 6.<|block_end|>" in trace
     assert "<|summary_start|>Step 1 done.<|summary_end|>" in trace
-    assert "<|summary_start|>After step 2: 8<|summary_end|>" in trace
-    assert check_memento_response(trace) == 2 and trace.endswith("\\boxed{8}")
+    assert "<|block_start|>Value is -11. Step 2: Add 2: -11 + 2 = -9. Now -9.<|block_end|>" in trace
+    assert "<|summary_start|>After step 2: -9<|summary_end|>" in trace
+    assert check_memento_response(trace) == 2 and trace.endswith("\\boxed{-9}")
+    # After the last block, the answer itself is the guess.
+    last = solution_trace(problem, guesses={1: 4})
+    assert "<|summary_start|>Step 2 done.<|summary_end|>" in last and last.endswith("\\boxed{4}")
 
-    def lossy_share(rate: float) -> float:
-        cfg = ArithConfig(lossy_memento_rate=rate)
-        files = write_arith_datasets(tmp_path / str(rate), n_train=400, n_val=10, cfg=cfg)
+
+def _dropped_and_guessed(trace: str) -> list[tuple[int, int]]:
+    """(value the evicted block ended on, value the trace went on from) per lossy memento."""
+    return re.findall(r"Now (-?\d+)\.<\|block_end\|>\n<\|summary_start\|>Step \d+ done\.<\|summary_end\|>"
+                      r"\n(?:<\|block_start\|>Value is |</think>\n\\boxed\{)(-?\d+)", trace)
+
+
+def test_lossy_rate_and_guesses_independent_of_the_dropped_value(tmp_path):
+    def lossy_pairs(rate: float, **task) -> tuple[float, list[tuple[int, int]]]:
+        cfg = ArithConfig(lossy_memento_rate=rate, **task)
+        files = write_arith_datasets(tmp_path / f"{rate}{task}", n_train=600, n_val=10, cfg=cfg)
         texts = [row["response"] for row in read_rows(files.sft_train)]
-        lossy = sum(len(re.findall(r"Step \d+ done\.", t)) for t in texts)
-        return lossy / sum(len(re.findall(r"<\|summary_start\|>", t)) for t in texts)
+        pairs = [(int(a), int(b)) for t in texts for a, b in _dropped_and_guessed(t)]
+        mementos = sum(len(re.findall(r"<\|summary_start\|>", t)) for t in texts)
+        assert sum(len(re.findall(r"Step \d+ done\.", t)) for t in texts) == len(pairs)
+        return len(pairs) / mementos, pairs
 
-    assert lossy_share(0.0) == 0.0 and lossy_share(1.0) == 1.0
-    assert 0.2 < lossy_share(0.3) < 0.4
+    # At rate 1 a few mementos stay faithful: no guess in 100 draws kept the divisions exact.
+    assert lossy_pairs(0.0)[0] == 0.0 and 0.99 < lossy_pairs(1.0)[0] <= 1.0
+    assert lossy_pairs(1.0, ops=("add", "sub"))[0] == 1.0
+    assert 0.25 < lossy_pairs(0.3)[0] < 0.35
+    # The guess is uniform over [-value_max, value_max] whatever was dropped: it matches the
+    # dropped value about once in 2 * value_max + 1 and does not follow it.
+    share, pairs = lossy_pairs(0.5, ops=("add", "sub"), operand_max=5, value_max=20)
+    dropped, guessed = np.array(pairs).T
+    assert abs(share - 0.5) < 0.05 and len(pairs) > 500
+    assert guessed.min() == -20 and guessed.max() == 20
+    assert np.mean(dropped == guessed) < 0.06
+    assert abs(np.corrcoef(dropped, guessed)[0, 1]) < 0.1
+    _, pairs = lossy_pairs(0.5, ops=("add", "sub"), operand_max=5, value_max=20, nonnegative=True)
+    assert {g for _, g in pairs} == set(range(21))  # non-negative task: guesses in [0, 20]
     # RL prompts do not depend on the trace option.
-    assert read_rows(tmp_path / "0.0" / "arith_train.jsonl") == \
-        read_rows(tmp_path / "0.3" / "arith_train.jsonl")
+    assert read_rows(tmp_path / "0.0{}" / "arith_train.jsonl") == \
+        read_rows(tmp_path / "0.3{}" / "arith_train.jsonl")
     with pytest.raises(ValueError, match="lossy_memento_rate"):
         ArithConfig(lossy_memento_rate=1.5)
+
+
+def test_counting_trace_counts_add_and_subtract_by_one():
+    problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2), ArithStep("mul", 2)))
+    trace = solution_trace(problem, count_steps=True, guesses={0: 1})
+    assert "Value is 9. Step 1: Subtract 3: 8 7 6. Now 6.<|block_end|>" in trace
+    assert "Value is 1. Step 2: Add 2: 2 3. Now 3.<|block_end|>" in trace
+    assert "Value is 3. Step 3: Multiply by 2: 3 * 2 = 6. Now 6.<|block_end|>" in trace
+    assert trace.endswith("\\boxed{6}") and check_memento_response(trace) == 3
+
+
+@pytest.mark.parametrize("cfg", [
+    ArithConfig(lossy_memento_rate=0.7, max_steps=6, steps_per_block=2),
+    ArithConfig(lossy_memento_rate=0.7, ops=("add", "sub"), operand_max=5, value_max=20,
+                nonnegative=True, count_steps=True)])
+def test_guesses_keep_every_step_of_the_trace_exact_and_in_range(cfg):
+    rng, steps = random.Random(0), 0
+    apply = {"Add": lambda a, b: a + b, "Subtract": lambda a, b: a - b,
+             "Multiply by": lambda a, b: a * b, "Divide by": lambda a, b: a / b}
+    for problem in generate_problems(200, seed=7, cfg=cfg):
+        trace = sft_row(problem, cfg, rng)["response"]
+        for block in re.findall(r"<\|block_start\|>(.*?)<\|block_end\|>", trace):
+            value = int(re.match(r"Value is (-?\d+)\.", block).group(1))
+            for verb, operand, work in re.findall(r"Step \d+: ([A-Za-z ]+) (\d+): ([^.]*)\.", block):
+                after = apply[verb](value, int(operand))
+                if cfg.count_steps and verb in ("Add", "Subtract"):
+                    sign = 1 if verb == "Add" else -1
+                    assert work == " ".join(str(value + sign * i)
+                                            for i in range(1, int(operand) + 1)), trace
+                else:
+                    assert work == f"{value} {'+-*/'[list(apply).index(verb)]} {operand} = {after:.0f}"
+                assert after == int(after) and cfg.low <= after <= cfg.value_max, trace
+                value, steps = int(after), steps + 1
+            assert block.endswith(f"Now {value}.")
+        assert check_memento_response(trace) >= 1
+    assert steps == sum(len(p.steps) for p in generate_problems(200, seed=7, cfg=cfg))
+
+
+def test_recovered_after_lossy_reads_what_follows_each_lossy_memento():
+    problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2), ArithStep("add", 1)))
+    assert recovered_after_lossy(solution_trace(problem)) == []
+    assert recovered_after_lossy(solution_trace(problem, guesses={0: 6, 1: 3})) == [True, False]
+    assert recovered_after_lossy(solution_trace(problem, guesses={2: 9})) == [True]
+    assert recovered_after_lossy(solution_trace(problem, guesses={2: 8})) == [False]
+    # A lossy last memento with no answer yet (truncated) or an unparsable next block: skipped.
+    truncated = solution_trace(problem, guesses={2: 9}).split("</think>")[0]
+    assert recovered_after_lossy(truncated) == []
+    garbled = solution_trace(problem, guesses={0: 6}).replace("Value is 6.", "Value 6.")
+    assert recovered_after_lossy(garbled) == []
 
 
 def test_state_memento_share_counts_mementos_that_carry_a_value():
     good = solution_trace(ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2))))
     half = solution_trace(ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2))),
-                          lossy=[False, True])
+                          guesses={1: 0})
     garbage = "<think>\n<|block_start|>x<|block_end|>\n<|summary_start|>After step: ?<|summary_end|>"
     assert state_memento_share([good]) == 1.0
     assert state_memento_share([good, half]) == 0.75

@@ -1,0 +1,62 @@
+"""rl.shutdown: a run that is told to stop, or simply ends, leaves no process behind."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# A stand-in for the demo: a child that ignores SIGTERM (it has to be killed) and a child with a
+# grandchild, as vLLM's engine core has its workers.
+RUN = """
+import subprocess, sys, time
+from rl.shutdown import reap_children_at_exit
+if sys.argv[2] == "ray":  # Ray puts in its own SIGTERM handler; ours goes in after it
+    from rl import cluster
+    cluster.init_ray(None)
+reap_children_at_exit()
+stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                             "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(600)"])
+tree = subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600"])
+print("started", flush=True)
+try:
+    time.sleep(600 if sys.argv[1] == "wait" else 3)
+finally:
+    print("finally ran", flush=True)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("ending,ray", [("SIGTERM", ""), ("SIGHUP", ""), ("normal exit", ""),
+                                        ("SIGTERM", "ray")])
+def test_no_descendant_outlives_the_run(ending, ray):
+    run = subprocess.Popen([sys.executable, "-c", RUN, "wait" if ending != "normal exit" else "end",
+                            ray], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    lines = [run.stdout.readline().strip() for _ in range(2)]
+    assert sorted(lines) == ["ready", "started"]
+    descendants = psutil.Process(run.pid).children(recursive=True)
+    deadline = time.monotonic() + 10
+    while len(descendants) < 4 and time.monotonic() < deadline:  # sh's two sleeps
+        time.sleep(0.1)
+        descendants = psutil.Process(run.pid).children(recursive=True)
+    assert len(descendants) >= 4
+    if ending != "normal exit":
+        run.send_signal(getattr(signal, ending))
+    out, _ = run.communicate(timeout=60)
+    assert "finally ran" in out  # the signal unwound the run like Ctrl-C
+    assert run.returncode == (128 + getattr(signal, ending) if ending != "normal exit" else 0)
+    deadline = time.monotonic() + 10
+    while not all(gone(p.pid) for p in descendants) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(p.pid) for p in descendants), [p.pid for p in descendants if not gone(p.pid)]
