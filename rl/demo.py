@@ -49,16 +49,18 @@ class DemoConfig:
     # model: a small Qwen3 (about 0.9M parameters)
     hidden_size: int = 128
     num_hidden_layers: int = 4
-    # task: small non-negative values, add/subtract written as counting by one, so a block needs
-    # no arithmetic facts (with "9 + 3 = 12" a short SFT left the model wrong on a third to a half
-    # of its steps, and on 80% of those with a negative number; docs/history.md, session 7)
+    # task: small operands and non-negative values keep the arithmetic inside a block learnable
+    # in the SFT budget (steps touching a negative number were right 20% of the time, the others
+    # 61%, after the same SFT; docs/history.md, session 7)
     min_steps: int = 2
     max_steps: int = 3
     ops: list[str] = field(default_factory=lambda: ["add", "sub"])
     operand_max: int = 5
     value_max: int = 20
     nonnegative: bool = True  # values in [0, value_max]
-    count_steps: bool = True  # "Add 3: 10 11 12" instead of "9 + 3 = 12"
+    # "9 + 3: 10 11 12" instead of "9 + 3 = 12": exact arithmetic, but the model then misread the
+    # step's operand from the prompt in a third of its steps (session 7), so it stays off
+    count_steps: bool = False
     # Half of the SFT traces' mementos drop the running value, as an imperfect teacher's
     # summaries do, and the trace then goes on from a guess (rl.data.arith.solution_trace says
     # why: otherwise the model learns to read the value from the lossy memento's KV). So after
@@ -69,19 +71,19 @@ class DemoConfig:
     n_train: int = 4000
     n_heldout: int = 200
     # SFT
-    # SFT length sets how well the model reads each step's operand from the prompt, its one
-    # remaining weakness (session 7: kept-value responses right 38% at 300 + 100, 42% at 450 + 150)
+    # SFT length sets how often the arithmetic inside a block is right (kept-value responses
+    # right 32-37% after 300 + 100 steps, 49% after 350 + 100 on seed 2; session 7)
     sft_steps_full: int = 350
     sft_steps_memento: int = 100
     sft_batch_size: int = 16
     sft_lr: float = 3e-3
     sft_lr_scheduler: Literal["constant", "cosine"] = "cosine"  # "constant" or "cosine" (down to 0.1 x sft_lr) per stage
     # GRPO
-    rl_steps: int = 25
+    rl_steps: int = 20
     rl_prompts: int = 8
     rl_group: int = 8
-    # at 1e-4 RL cost the kept-value responses 4-12 points of accuracy (reading and counting) while
-    # it taught the mementos; at 5e-5 they held (0.42 -> 0.41)
+    # at 1e-4 RL cost the kept-value responses 4-12 points of accuracy while it taught the
+    # mementos; at 5e-5 less (0.42 -> 0.41 and 0.49 -> 0.40 in two runs)
     rl_lr: float = 5e-5
     # below 1, so fewer samples fail on a slip inside a block and the reward follows the mementos
     rl_temperature: float = 0.6
@@ -104,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_demo(cfg: DemoConfig) -> None:
     started = time.perf_counter()
+    # A stopped run must not leave vLLM's engine processes spinning: reap them at exit (before
+    # Ray starts, so after Ray's own shutdown), and take SIGTERM back from Ray once it has.
+    reap_children_at_exit()
     if not cfg.verbose:
         quiet_third_party()  # starts Ray with the workers' output kept out of the console
     from rl import cluster
 
     cluster.init_ray(None)  # a no-op when quiet_third_party started it
-    # A stopped run must not leave vLLM's engine processes spinning. After Ray: ray.init puts in
-    # a SIGTERM handler of its own (a stack dump, no cleanup) that would replace ours.
     reap_children_at_exit()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rl.shutdown import reap_children_at_exit
+from rl.shutdown import reap_children_at_exit, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- demo-seeds:begin -->", "<!-- demo-seeds:end -->"
@@ -54,10 +54,10 @@ def run_seed(seed: int, out: Path, overrides: list[str]) -> dict:
     out.mkdir(parents=True)
     print(f"seed {seed}: python -m rl.demo seed={seed} out_dir={out} {' '.join(overrides)}",
           flush=True)
-    result = subprocess.run([sys.executable, "-m", "rl.demo", f"seed={seed}", f"out_dir={out}",
-                             *overrides], cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"seed {seed} failed (exit {result.returncode}); its output is in {out}. "
+    returncode = run_child([sys.executable, "-m", "rl.demo", f"seed={seed}", f"out_dir={out}",
+                            *overrides], cwd=ROOT)
+    if returncode != 0:
+        raise SystemExit(f"seed {seed} failed (exit {returncode}); its output is in {out}. "
                          "Rerun the same command to resume with the remaining seeds.")
     summary = json.loads(summary_path.read_text())
     summary["overrides"], summary["commit"] = overrides, commit()

@@ -5,14 +5,18 @@ its engine (`kill`, `timeout`, a terminal closed) left them spinning at 10-20% o
 slowing whatever ran next on a 2-core machine. `reap_children_at_exit()` makes SIGTERM and
 SIGHUP exit like Ctrl-C does (SystemExit unwinds every `finally`, so engines and Ray shut down
 in order), and at interpreter exit terminates, then kills, every descendant still alive. Only
-SIGKILL escapes it: nothing runs in a process killed that way.
+SIGKILL escapes it: nothing runs in a process killed that way. `run_child` runs a child run so
+that stopping the parent stops the child the same way, instead of SIGKILL (what
+`subprocess.run` sends), which would orphan the child's own engine and Ray processes.
 """
 
 from __future__ import annotations
 
 import atexit
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -20,8 +24,11 @@ _GRACE_SECONDS = 5.0
 
 
 def reap_children_at_exit() -> None:
-    """Install the SIGTERM/SIGHUP handlers (again, where a library replaced them: call this after
-    `ray.init`, which puts in its own) and, once, the exit-time reaper."""
+    """Install the SIGTERM/SIGHUP handlers and, the first time, the exit-time reaper.
+
+    With Ray, call it before `ray.init`, so the reaper runs after Ray's own exit-time shutdown
+    (exit hooks run last-in first-out), and again after it, since `ray.init` puts in a SIGTERM
+    handler of its own (a stack dump, no cleanup)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     if not getattr(reap_children_at_exit, "registered", False):
@@ -37,14 +44,7 @@ def _exit_on_signal(signum: int, frame) -> None:
 
 def reap_descendants() -> list[int]:
     """Terminate every descendant of this process and kill those alive after a grace period;
-    returns the pids it found. Ray, when this process started it, is shut down first, in its
-    own order."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        try:
-            ray.shutdown()
-        except Exception:  # noqa: BLE001 - exiting anyway; the processes are reaped below
-            pass
+    returns the pids it found."""
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
@@ -62,3 +62,19 @@ def reap_descendants() -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=_GRACE_SECONDS)
     return [child.pid for child in children]
+
+
+def run_child(cmd: list[str], cwd: Path, grace_seconds: float = 60.0) -> int:
+    """Run `cmd` to completion and return its exit code. If this process is stopped meanwhile,
+    the child gets SIGTERM and `grace_seconds` to shut down its own children before SIGKILL."""
+    child = subprocess.Popen(cmd, cwd=cwd)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise

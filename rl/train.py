@@ -52,7 +52,7 @@ class Trainer:
         self.memento = memento_config(cfg, self.tokenizer)
         self.loader = PromptLoader(
             load_prompts(cfg.data.train_files, self.tokenizer, cfg.data.max_prompt_length,
-                         self.run_dir / "data"),
+                         self.run_dir / "data", verbose="console" in cfg.trainer.logger),
             batch_size=cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed)
         self.reward = RewardManager(cfg.reward)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",

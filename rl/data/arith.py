@@ -170,13 +170,11 @@ def generate_problems(n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -
 
 
 def _step_text(k: int, step: ArithStep, before: int, after: int, count: bool) -> str:
-    """"Step k: <the question's phrase>: <work>. ", the phrase copied from the question."""
+    head = f"Step {k}: {before} {_SYMBOL[step.op]} {step.operand}"
     if count and step.op in ("add", "sub"):
         sign = 1 if step.op == "add" else -1
-        work = " ".join(str(before + sign * i) for i in range(1, step.operand + 1))
-    else:
-        work = f"{before} {_SYMBOL[step.op]} {step.operand} = {after}"
-    return f"Step {k}: {_PHRASE[step.op].format(step.operand)[:-1]}: {work}. "
+        return f"{head}: {' '.join(str(before + sign * i) for i in range(1, step.operand + 1))}. "
+    return f"{head} = {after}. "
 
 
 def solution_trace(problem: ArithProblem, steps_per_block: int = 1,

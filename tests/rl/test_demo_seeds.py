@@ -52,8 +52,7 @@ def test_a_finished_seed_is_reused_and_other_settings_are_not(tmp_path, monkeypa
     assert run_seed(0, out, ["rl_steps=5"])["gain"] == 0.1  # no demo started
 
     started = []
-    monkeypatch.setattr("rl.demo_seeds.subprocess.run",
-                        lambda cmd, cwd: started.append(cmd) or type("R", (), {"returncode": 3}))
+    monkeypatch.setattr("rl.demo_seeds.run_child", lambda cmd, cwd: started.append(cmd) or 3)
     with pytest.raises(SystemExit, match="seed 0 failed"):
         run_seed(0, out, ["rl_steps=6"])  # other settings: cleared and rerun
     assert started and "rl_steps=6" in started[0] and not (out / "summary.json").exists()

@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = """
 import subprocess, sys, time
 from rl.shutdown import reap_children_at_exit
-if sys.argv[2] == "ray":  # Ray puts in its own SIGTERM handler; ours goes in after it
+reap_children_at_exit()
+if sys.argv[2] == "ray":  # as the demo does: Ray puts in its own SIGTERM handler, ours goes back
     from rl import cluster
     cluster.init_ray(None)
-reap_children_at_exit()
+    reap_children_at_exit()
 stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; "
                              "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                              "print('ready', flush=True); time.sleep(600)"])
@@ -60,3 +61,41 @@ def test_no_descendant_outlives_the_run(ending, ray):
     while not all(gone(p.pid) for p in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(gone(p.pid) for p in descendants), [p.pid for p in descendants if not gone(p.pid)]
+
+
+# A sweep running one seed's run: the seed's run cleans up after itself only if it gets SIGTERM,
+# not the SIGKILL that subprocess.run sends when its caller is interrupted.
+SWEEP = """
+import sys
+from pathlib import Path
+from rl.shutdown import reap_children_at_exit, run_child
+reap_children_at_exit()
+run_child([sys.executable, "-c", sys.argv[1]], cwd=Path.cwd())
+"""
+SEED_RUN = """
+import subprocess, time
+from rl.shutdown import reap_children_at_exit
+reap_children_at_exit()
+subprocess.Popen(["sleep", "600"])
+print("started", flush=True)
+try:
+    time.sleep(600)
+finally:
+    print("seed run cleaned up", flush=True)
+"""
+
+
+def test_stopping_a_sweep_lets_its_running_child_clean_up():
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP, SEED_RUN], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    assert sweep.stdout.readline().strip() == "started"
+    descendants = psutil.Process(sweep.pid).children(recursive=True)
+    assert len(descendants) == 2  # the seed's run and its sleep
+    sweep.send_signal(signal.SIGTERM)
+    out, _ = sweep.communicate(timeout=60)
+    assert "seed run cleaned up" in out
+    assert sweep.returncode == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while not all(gone(p.pid) for p in descendants) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(p.pid) for p in descendants)

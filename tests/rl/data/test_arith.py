@@ -56,9 +56,9 @@ def test_hand_worked_trace():
     problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("div", 2)))
     assert solution_trace(problem) == (
         "<think>\n"
-        "<|block_start|>Value is 9. Step 1: Subtract 3: 9 - 3 = 6. Now 6.<|block_end|>\n"
+        "<|block_start|>Value is 9. Step 1: 9 - 3 = 6. Now 6.<|block_end|>\n"
         "<|summary_start|>After step 1: 6<|summary_end|>\n"
-        "<|block_start|>Value is 6. Step 2: Divide by 2: 6 / 2 = 3. Now 3.<|block_end|>\n"
+        "<|block_start|>Value is 6. Step 2: 6 / 2 = 3. Now 3.<|block_end|>\n"
         "<|summary_start|>After step 2: 3<|summary_end|>\n"
         "</think>\n\\boxed{3}")
 
@@ -127,8 +127,8 @@ def test_easy_traces_are_short_and_blocks_longer_than_their_mementos(tokenizer):
     mcfg = MementoConfig.from_tokenizer(tokenizer)  # byte-level: 1 char = 1 token
     for problem in generate_problems(200, seed=4):  # default: 2-4 steps
         ids = tokenizer(solution_trace(problem), add_special_tokens=False)["input_ids"]
-        assert 120 <= len(ids) <= 360
-        assert 2.5 <= memento_stats(ids, mcfg)["compression"] <= 4.0
+        assert 100 <= len(ids) <= 300
+        assert 2.0 <= memento_stats(ids, mcfg)["compression"] <= 4.0
 
 
 def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
@@ -152,9 +152,9 @@ def test_written_datasets_load_and_splits_are_disjoint(tmp_path, tokenizer):
 def test_a_lossy_memento_drops_the_value_and_the_trace_goes_on_from_the_guess():
     problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2)))
     trace = solution_trace(problem, guesses={0: -11})
-    assert "<|block_start|>Value is 9. Step 1: Subtract 3: 9 - 3 = 6. Now 6.<|block_end|>" in trace
+    assert "<|block_start|>Value is 9. Step 1: 9 - 3 = 6. Now 6.<|block_end|>" in trace
     assert "<|summary_start|>Step 1 done.<|summary_end|>" in trace
-    assert "<|block_start|>Value is -11. Step 2: Add 2: -11 + 2 = -9. Now -9.<|block_end|>" in trace
+    assert "<|block_start|>Value is -11. Step 2: -11 + 2 = -9. Now -9.<|block_end|>" in trace
     assert "<|summary_start|>After step 2: -9<|summary_end|>" in trace
     assert check_memento_response(trace) == 2 and trace.endswith("\\boxed{-9}")
     # After the last block, the answer itself is the guess.
@@ -202,9 +202,9 @@ def test_lossy_rate_and_guesses_independent_of_the_dropped_value(tmp_path):
 def test_counting_trace_counts_add_and_subtract_by_one():
     problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2), ArithStep("mul", 2)))
     trace = solution_trace(problem, count_steps=True, guesses={0: 1})
-    assert "Value is 9. Step 1: Subtract 3: 8 7 6. Now 6.<|block_end|>" in trace
-    assert "Value is 1. Step 2: Add 2: 2 3. Now 3.<|block_end|>" in trace
-    assert "Value is 3. Step 3: Multiply by 2: 3 * 2 = 6. Now 6.<|block_end|>" in trace
+    assert "Value is 9. Step 1: 9 - 3: 8 7 6. Now 6.<|block_end|>" in trace
+    assert "Value is 1. Step 2: 1 + 2: 2 3. Now 3.<|block_end|>" in trace
+    assert "Value is 3. Step 3: 3 * 2 = 6. Now 6.<|block_end|>" in trace
     assert trace.endswith("\\boxed{6}") and check_memento_response(trace) == 3
 
 
@@ -214,20 +214,22 @@ def test_counting_trace_counts_add_and_subtract_by_one():
                 nonnegative=True, count_steps=True)])
 def test_guesses_keep_every_step_of_the_trace_exact_and_in_range(cfg):
     rng, steps = random.Random(0), 0
-    apply = {"Add": lambda a, b: a + b, "Subtract": lambda a, b: a - b,
-             "Multiply by": lambda a, b: a * b, "Divide by": lambda a, b: a / b}
+    apply = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+             "/": lambda a, b: a / b}
     for problem in generate_problems(200, seed=7, cfg=cfg):
         trace = sft_row(problem, cfg, rng)["response"]
         for block in re.findall(r"<\|block_start\|>(.*?)<\|block_end\|>", trace):
             value = int(re.match(r"Value is (-?\d+)\.", block).group(1))
-            for verb, operand, work in re.findall(r"Step \d+: ([A-Za-z ]+) (\d+): ([^.]*)\.", block):
-                after = apply[verb](value, int(operand))
-                if cfg.count_steps and verb in ("Add", "Subtract"):
-                    sign = 1 if verb == "Add" else -1
+            for before, sym, operand, work in re.findall(r"Step \d+: (-?\d+) ([-+*/]) (\d+)"
+                                                         r"(?: = |: )([^.]*)\.", block):
+                assert int(before) == value, trace
+                after = apply[sym](value, int(operand))
+                if cfg.count_steps and sym in "+-":
+                    sign = 1 if sym == "+" else -1
                     assert work == " ".join(str(value + sign * i)
                                             for i in range(1, int(operand) + 1)), trace
                 else:
-                    assert work == f"{value} {'+-*/'[list(apply).index(verb)]} {operand} = {after:.0f}"
+                    assert work == f"{after:.0f}", trace
                 assert after == int(after) and cfg.low <= after <= cfg.value_max, trace
                 value, steps = int(after), steps + 1
             assert block.endswith(f"Now {value}.")
