@@ -33,7 +33,6 @@ DATA_SOURCE = "memento_arith"
 INSTRUCTION = "Put your final answer in \\boxed{}."
 
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-_INVERSE = {"add": "sub", "sub": "add", "mul": "div", "div": "mul"}
 _PHRASE = {"add": "Add {}.", "sub": "Subtract {}.", "mul": "Multiply by {}.", "div": "Divide by {}."}
 
 
