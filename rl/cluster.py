@@ -20,6 +20,8 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rl import shutdown
+
 
 def init_ray(address: str | None, log_to_driver: bool = True) -> None:
     """Connect once; later calls are no-ops, so the first caller's `log_to_driver` (workers'
@@ -35,6 +37,7 @@ def init_ray(address: str | None, log_to_driver: bool = True) -> None:
                  log_to_driver=log_to_driver, configure_logging=False)
     else:
         ray.init(address=address, log_to_driver=log_to_driver)
+    shutdown.restore_signal_handlers()  # ray.init replaced SIGTERM's with a stack dump
 
 
 def free_port() -> int:

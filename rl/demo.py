@@ -58,9 +58,6 @@ class DemoConfig:
     operand_max: int = 5
     value_max: int = 20
     nonnegative: bool = True  # values in [0, value_max]
-    # "9 + 3: 10 11 12" instead of "9 + 3 = 12": exact arithmetic, but the model then misread the
-    # step's operand from the prompt in a third of its steps (session 7), so it stays off
-    count_steps: bool = False
     # Half of the SFT traces' mementos drop the running value, as an imperfect teacher's
     # summaries do, and the trace then goes on from a guess (rl.data.arith.solution_trace says
     # why: otherwise the model learns to read the value from the lossy memento's KV). So after
@@ -107,15 +104,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_demo(cfg: DemoConfig) -> None:
     started = time.perf_counter()
-    # A stopped run must not leave vLLM's engine processes spinning: reap them at exit (before
-    # Ray starts, so after Ray's own shutdown), and take SIGTERM back from Ray once it has.
-    reap_children_at_exit()
+    reap_children_at_exit()  # a stopped run must not leave vLLM's engine processes spinning
     if not cfg.verbose:
-        quiet_third_party()  # starts Ray with the workers' output kept out of the console
-    from rl import cluster
-
-    cluster.init_ray(None)  # a no-op when quiet_third_party started it
-    reap_children_at_exit()
+        quiet_third_party()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -127,7 +118,7 @@ def run_demo(cfg: DemoConfig) -> None:
                                  num_hidden_layers=cfg.num_hidden_layers, initializer_range=0.02)
     task = ArithConfig(min_steps=cfg.min_steps, max_steps=cfg.max_steps, ops=tuple(cfg.ops),
                        operand_max=cfg.operand_max, value_max=cfg.value_max,
-                       nonnegative=cfg.nonnegative, count_steps=cfg.count_steps,
+                       nonnegative=cfg.nonnegative,
                        lossy_memento_rate=cfg.lossy_memento_rate)
     files = write_arith_datasets(out / "data", n_train=cfg.n_train, n_val=cfg.n_heldout,
                                  seed=cfg.seed, cfg=task)

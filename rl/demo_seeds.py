@@ -5,8 +5,8 @@
     (conf/demo_seeds.yaml)
 
 Each seed runs `python -m rl.demo seed=<s>` in its own process (a fresh Ray and engine), into
-`<out_dir>/seed_<s>`. A seed whose `summary.json` is there with the same demo settings and commit is not
-run again, so an interrupted sweep resumes; a seed directory without one is cleared and rerun. The
+`<out_dir>/seed_<s>`. A seed whose `summary.json` is there with the same demo settings and
+commit is not run again, so an interrupted sweep resumes; a seed directory without one is cleared and rerun. The
 table names the CPU, the core count, the date and the commit, and is written to
 `<out_dir>/results.md` and between README's `demo-seeds` markers.
 """

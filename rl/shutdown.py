@@ -8,6 +8,8 @@ in order), and at interpreter exit terminates, then kills, every descendant stil
 SIGKILL escapes it: nothing runs in a process killed that way. `run_child` runs a child run so
 that stopping the parent stops the child the same way, instead of SIGKILL (what
 `subprocess.run` sends), which would orphan the child's own engine and Ray processes.
+`ray.init` puts in a SIGTERM handler of its own (a stack dump, no cleanup), so `rl.cluster`
+calls `restore_signal_handlers()` once Ray is up.
 """
 
 from __future__ import annotations
@@ -21,19 +23,26 @@ from pathlib import Path
 import psutil
 
 _GRACE_SECONDS = 5.0
+_installed = False
 
 
 def reap_children_at_exit() -> None:
-    """Install the SIGTERM/SIGHUP handlers and, the first time, the exit-time reaper.
-
-    With Ray, call it before `ray.init`, so the reaper runs after Ray's own exit-time shutdown
-    (exit hooks run last-in first-out), and again after it, since `ray.init` puts in a SIGTERM
-    handler of its own (a stack dump, no cleanup)."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit_on_signal)
-    if not getattr(reap_children_at_exit, "registered", False):
-        reap_children_at_exit.registered = True
+    """Install the SIGTERM/SIGHUP handlers and the exit-time reaper (idempotent). Call it before
+    Ray starts, so the reaper runs after Ray's own exit-time shutdown (exit hooks run last-in
+    first-out)."""
+    global _installed
+    if not _installed:
+        _installed = True
         atexit.register(reap_descendants)
+    restore_signal_handlers()
+
+
+def restore_signal_handlers() -> None:
+    """Put the SIGTERM/SIGHUP handlers back after a library replaced them; a no-op unless
+    `reap_children_at_exit` installed them."""
+    if _installed:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _exit_on_signal)
 
 
 def _exit_on_signal(signum: int, frame) -> None:

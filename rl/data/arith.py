@@ -49,9 +49,6 @@ class ArithConfig:
     value_max: int = 999
     ops: tuple[Op, ...] = ("add", "sub", "mul", "div")
     steps_per_block: int = 1
-    # SFT traces only: write an add/subtract step as counting by one ("9 + 3: 10 11 12"), so the
-    # only fact a block needs is the next (or previous) number; multiply/divide steps are direct
-    count_steps: bool = False
     # keep every value in [0, value_max] (else [-value_max, value_max]): a small model learns
     # arithmetic on negative numbers far more slowly (about 20% of its steps right, against 60-78%
     # on non-negative ones, after the same short SFT)
@@ -168,16 +165,12 @@ def generate_problems(n: int, seed: int = 0, cfg: ArithConfig = ArithConfig()) -
 # ----------------------------------------------------------------------------- traces
 
 
-def _step_text(k: int, step: ArithStep, before: int, after: int, count: bool) -> str:
-    head = f"Step {k}: {before} {_SYMBOL[step.op]} {step.operand}"
-    if count and step.op in ("add", "sub"):
-        sign = 1 if step.op == "add" else -1
-        return f"{head}: {' '.join(str(before + sign * i) for i in range(1, step.operand + 1))}. "
-    return f"{head} = {after}. "
+def _step_text(k: int, step: ArithStep, before: int, after: int) -> str:
+    return f"Step {k}: {before} {_SYMBOL[step.op]} {step.operand} = {after}. "
 
 
 def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
-                   guesses: Mapping[int, int] | None = None, count_steps: bool = False) -> str:
+                   guesses: Mapping[int, int] | None = None) -> str:
     """Memento-format solution: one block per `steps_per_block` steps, each memento the state.
 
     A block states the value it starts from (read from the previous memento), does its steps and
@@ -187,8 +180,7 @@ def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
     block evicted nothing visible holds the value, and a trace that recovered it anyway would
     teach the model to read it from the memento's KV, which is written while the block is still
     visible (the channel the paper's restart ablation measures; a model trained on such traces
-    lost almost nothing to its lossy mementos, leaving RL nothing to fix). `count_steps` writes
-    add/subtract steps as counting by one (`ArithConfig.count_steps`). The answer follows
+    lost almost nothing to its lossy mementos, leaving RL nothing to fix). The answer follows
     `</think>` as \\boxed{N}. Every trace passes the SFT data check
     (`rl.data.sft_dataset.check_memento_response`), and so the format reward's.
     """
@@ -199,7 +191,7 @@ def solution_trace(problem: ArithProblem, steps_per_block: int = 1,
         text = f"Value is {value}. "
         for k in range(first, last):
             after = problem.steps[k].apply(value)
-            text += _step_text(k + 1, problem.steps[k], value, after, count_steps)
+            text += _step_text(k + 1, problem.steps[k], value, after)
             value = after
         blocks.append(text + f"Now {value}.")
         if index in guesses:
@@ -302,7 +294,7 @@ def sft_row(problem: ArithProblem, cfg: ArithConfig, rng: random.Random) -> dict
     `rng` draws which mementos are lossy and what the trace guesses after them (`draw_guesses`)."""
     return {"problem": f"{problem.question} {INSTRUCTION}",
             "response": solution_trace(problem, cfg.steps_per_block,
-                                       draw_guesses(problem, cfg, rng), cfg.count_steps)}
+                                       draw_guesses(problem, cfg, rng))}
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ RUN = """
 import subprocess, sys, time
 from rl.shutdown import reap_children_at_exit
 reap_children_at_exit()
-if sys.argv[2] == "ray":  # as the demo does: Ray puts in its own SIGTERM handler, ours goes back
+if sys.argv[2] == "ray":  # ray.init puts in its own SIGTERM handler; init_ray takes it back
     from rl import cluster
     cluster.init_ray(None)
-    reap_children_at_exit()
 stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; "
                              "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                              "print('ready', flush=True); time.sleep(600)"])

@@ -199,19 +199,10 @@ def test_lossy_rate_and_guesses_independent_of_the_dropped_value(tmp_path):
         ArithConfig(lossy_memento_rate=1.5)
 
 
-def test_counting_trace_counts_add_and_subtract_by_one():
-    problem = ArithProblem(9, (ArithStep("sub", 3), ArithStep("add", 2), ArithStep("mul", 2)))
-    trace = solution_trace(problem, count_steps=True, guesses={0: 1})
-    assert "Value is 9. Step 1: 9 - 3: 8 7 6. Now 6.<|block_end|>" in trace
-    assert "Value is 1. Step 2: 1 + 2: 2 3. Now 3.<|block_end|>" in trace
-    assert "Value is 3. Step 3: 3 * 2 = 6. Now 6.<|block_end|>" in trace
-    assert trace.endswith("\\boxed{6}") and check_memento_response(trace) == 3
-
-
 @pytest.mark.parametrize("cfg", [
     ArithConfig(lossy_memento_rate=0.7, max_steps=6, steps_per_block=2),
     ArithConfig(lossy_memento_rate=0.7, ops=("add", "sub"), operand_max=5, value_max=20,
-                nonnegative=True, count_steps=True)])
+                nonnegative=True)])
 def test_guesses_keep_every_step_of_the_trace_exact_and_in_range(cfg):
     rng, steps = random.Random(0), 0
     apply = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -220,16 +211,11 @@ def test_guesses_keep_every_step_of_the_trace_exact_and_in_range(cfg):
         trace = sft_row(problem, cfg, rng)["response"]
         for block in re.findall(r"<\|block_start\|>(.*?)<\|block_end\|>", trace):
             value = int(re.match(r"Value is (-?\d+)\.", block).group(1))
-            for before, sym, operand, work in re.findall(r"Step \d+: (-?\d+) ([-+*/]) (\d+)"
-                                                         r"(?: = |: )([^.]*)\.", block):
+            for before, sym, operand, work in re.findall(r"Step \d+: (-?\d+) ([-+*/]) (\d+) = "
+                                                         r"(-?\d+)\.", block):
                 assert int(before) == value, trace
                 after = apply[sym](value, int(operand))
-                if cfg.count_steps and sym in "+-":
-                    sign = 1 if sym == "+" else -1
-                    assert work == " ".join(str(value + sign * i)
-                                            for i in range(1, int(operand) + 1)), trace
-                else:
-                    assert work == f"{after:.0f}", trace
+                assert work == f"{after:.0f}", trace
                 assert after == int(after) and cfg.low <= after <= cfg.value_max, trace
                 value, steps = int(after), steps + 1
             assert block.endswith(f"Now {value}.")
